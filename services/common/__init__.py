@@ -1,0 +1,1 @@
+"""Pieces every service shares: the error tree and gRPC server lifecycle."""

@@ -1,0 +1,103 @@
+"""Lifecycle of a grpc.aio server: health service, domain-error mapping, graceful stop.
+
+On SIGTERM/SIGINT: health goes NOT_SERVING, the server stops accepting, in-flight calls get
+`grace` seconds to finish, then the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from services.common.errors import ComfyfleetError, abort
+
+log = logging.getLogger(__name__)
+
+
+def maps_domain_errors(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorates a servicer method: a ComfyfleetError becomes its rich gRPC status.
+
+    Works for unary methods (coroutines) and server-streaming ones (async generators).
+    """
+    if inspect.isasyncgenfunction(method):
+
+        @functools.wraps(method)
+        async def stream(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            try:
+                async for item in method(self, request, context):
+                    yield item
+            except ComfyfleetError as err:
+                await abort(context, err)
+
+        return stream
+
+    @functools.wraps(method)
+    async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await method(self, request, context)
+        except ComfyfleetError as err:
+            await abort(context, err)
+
+    return unary
+
+
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+async def serve(
+    address: str,
+    register: Callable[[grpc.aio.Server], None],
+    *,
+    service_names: list[str],
+    on_stop: Callable[[], Awaitable[None]] | None = None,
+    grace: float = 5.0,
+) -> None:
+    """Binds `address`, registers services and health, serves until SIGTERM/SIGINT."""
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind {address}")
+    await server.start()
+    for name in ["", *service_names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving on %s", address)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    for name in ["", *service_names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.stop(grace)
+    if on_stop is not None:
+        await on_stop()
