@@ -75,9 +75,13 @@ async def serve(
     *,
     service_names: list[str],
     on_stop: Callable[[], Awaitable[None]] | None = None,
+    before_stop: Callable[[], Awaitable[None]] | None = None,
     grace: float = 5.0,
 ) -> None:
-    """Binds `address`, registers services and health, serves until SIGTERM/SIGINT."""
+    """Binds `address`, registers services and health, serves until SIGTERM/SIGINT.
+
+    `before_stop` runs once health is NOT_SERVING and before the drain; `on_stop` after it.
+    """
     server = grpc.aio.server(options=SERVER_OPTIONS)
     register(server)
     health_servicer = health.aio.HealthServicer()
@@ -98,6 +102,8 @@ async def serve(
     log.info("stopping")
     for name in ["", *service_names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    if before_stop is not None:
+        await before_stop()  # e.g. end long-lived streams so they do not hold up the drain
     await server.stop(grace)
     if on_stop is not None:
         await on_stop()

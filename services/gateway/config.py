@@ -1,0 +1,77 @@
+"""The gateway's settings: one frozen object, read from the environment once in `main`.
+
+| variable                        | default            | meaning                                   |
+|---------------------------------|--------------------|-------------------------------------------|
+| GATEWAY_HOST                    | 127.0.0.1          | address the HTTP server binds             |
+| GATEWAY_PORT                    | 8080               | port the HTTP server binds (0 = any)      |
+| GATEWAY_SCHEDULER               | 127.0.0.1:50051    | gRPC address of the scheduler             |
+| GATEWAY_STORAGE                 | 127.0.0.1:50052    | gRPC address of storage                   |
+| GATEWAY_MAX_REQUEST_BYTES       | 52428800 (50 MiB)  | size limit of one request body            |
+| GATEWAY_SSE_KEEPALIVE_SECONDS   | 15                 | interval of SSE keep-alive comments       |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from services.gateway.errors import InvalidSettings
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    """Everything the gateway is configured with."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    scheduler_address: str = "127.0.0.1:50051"
+    storage_address: str = "127.0.0.1:50052"
+    max_request_bytes: int = 50 * 1024 * 1024
+    sse_keepalive_seconds: float = 15.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> GatewaySettings:
+        """Reads GATEWAY_* variables; raises InvalidSettings naming the bad one."""
+        default = cls()
+        return cls(
+            host=_text(env, "GATEWAY_HOST", default.host),
+            port=_integer(env, "GATEWAY_PORT", default.port, minimum=0, maximum=65535),
+            scheduler_address=_text(env, "GATEWAY_SCHEDULER", default.scheduler_address),
+            storage_address=_text(env, "GATEWAY_STORAGE", default.storage_address),
+            max_request_bytes=_integer(env, "GATEWAY_MAX_REQUEST_BYTES", default.max_request_bytes, minimum=1),
+            sse_keepalive_seconds=_seconds(env, "GATEWAY_SSE_KEEPALIVE_SECONDS", default.sse_keepalive_seconds),
+        )
+
+
+def _text(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, "").strip()
+    return value or default
+
+
+def _integer(
+    env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int | None = None
+) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidSettings(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise InvalidSettings(f"{name} must be {bounds}, got {value}")
+    return value
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidSettings(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise InvalidSettings(f"{name} must be a positive number of seconds, got {raw!r}")
+    return value

@@ -1,0 +1,138 @@
+"""The gateway's view of the scheduler: users and workflows, called on behalf of a token.
+
+Every call carries the client's `Authorization` header as gRPC metadata `authorization`;
+the scheduler decides whether it is valid. `Scheduler` is the small interface the routes
+use; `GrpcScheduler` implements it over a grpc.aio channel. Failed calls raise domain errors
+(services.gateway.errors.from_grpc).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import grpc
+from comfyfleet.scheduler.v1 import (
+    user_pb2,
+    user_service_pb2,
+    user_service_pb2_grpc,
+    workflow_pb2,
+    workflow_service_pb2,
+    workflow_service_pb2_grpc,
+)
+
+from services.gateway.errors import from_grpc
+
+RPC_TIMEOUT_SECONDS = 10.0
+# CreateWorkflow commits a transaction and may validate a large graph.
+CREATE_TIMEOUT_SECONDS = 30.0
+
+Workflow = workflow_pb2.Workflow
+WatchMessage = workflow_service_pb2.WatchWorkflowResponse
+
+
+class WorkflowWatch(Protocol):
+    """A running WatchWorkflow call."""
+
+    async def next(self) -> WatchMessage | None: ...
+    def cancel(self) -> None: ...
+
+
+class Scheduler(Protocol):
+    """What the gateway needs from the scheduler; `auth` is the caller's Authorization header."""
+
+    async def get_user(self, auth: str) -> user_pb2.User: ...
+    async def create_workflow(self, auth: str, request: workflow_service_pb2.CreateWorkflowRequest) -> Workflow: ...
+    async def get_workflow(self, auth: str, workflow_id: str) -> Workflow: ...
+    async def list_workflows(
+        self, auth: str, request: workflow_service_pb2.ListWorkflowsRequest
+    ) -> workflow_service_pb2.ListWorkflowsResponse: ...
+    async def cancel_workflow(self, auth: str, workflow_id: str) -> Workflow: ...
+    def watch_workflow(self, auth: str, workflow_id: str, *, after_seq: int, from_start: bool) -> WorkflowWatch: ...
+
+
+def _metadata(auth: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", auth),)
+
+
+class GrpcWatch:
+    """WatchWorkflow over gRPC: `next()` gives each message, None after the stream ends."""
+
+    def __init__(
+        self,
+        call: grpc.aio.UnaryStreamCall[workflow_service_pb2.WatchWorkflowRequest, WatchMessage],
+    ) -> None:
+        self._call = call
+
+    async def next(self) -> WatchMessage | None:
+        try:
+            message = await self._call.read()
+        except grpc.aio.AioRpcError as err:
+            raise from_grpc(err) from None
+        return message if isinstance(message, WatchMessage) else None
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+class GrpcScheduler:
+    """The scheduler over a grpc.aio channel."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._users = user_service_pb2_grpc.UserServiceStub(channel)
+        self._workflows = workflow_service_pb2_grpc.WorkflowServiceStub(channel)
+
+    async def get_user(self, auth: str) -> user_pb2.User:
+        try:
+            response = await self._users.GetUser(
+                user_service_pb2.GetUserRequest(), metadata=_metadata(auth), timeout=RPC_TIMEOUT_SECONDS
+            )
+        except grpc.aio.AioRpcError as err:
+            raise from_grpc(err) from None
+        return response.user
+
+    async def create_workflow(self, auth: str, request: workflow_service_pb2.CreateWorkflowRequest) -> Workflow:
+        try:
+            response = await self._workflows.CreateWorkflow(
+                request, metadata=_metadata(auth), timeout=CREATE_TIMEOUT_SECONDS
+            )
+        except grpc.aio.AioRpcError as err:
+            raise from_grpc(err) from None
+        return response.workflow
+
+    async def get_workflow(self, auth: str, workflow_id: str) -> Workflow:
+        try:
+            response = await self._workflows.GetWorkflow(
+                workflow_service_pb2.GetWorkflowRequest(id=workflow_id),
+                metadata=_metadata(auth),
+                timeout=RPC_TIMEOUT_SECONDS,
+            )
+        except grpc.aio.AioRpcError as err:
+            raise from_grpc(err) from None
+        return response.workflow
+
+    async def list_workflows(
+        self, auth: str, request: workflow_service_pb2.ListWorkflowsRequest
+    ) -> workflow_service_pb2.ListWorkflowsResponse:
+        try:
+            return await self._workflows.ListWorkflows(
+                request, metadata=_metadata(auth), timeout=RPC_TIMEOUT_SECONDS
+            )
+        except grpc.aio.AioRpcError as err:
+            raise from_grpc(err) from None
+
+    async def cancel_workflow(self, auth: str, workflow_id: str) -> Workflow:
+        try:
+            response = await self._workflows.CancelWorkflow(
+                workflow_service_pb2.CancelWorkflowRequest(id=workflow_id),
+                metadata=_metadata(auth),
+                timeout=RPC_TIMEOUT_SECONDS,
+            )
+        except grpc.aio.AioRpcError as err:
+            raise from_grpc(err) from None
+        return response.workflow
+
+    def watch_workflow(self, auth: str, workflow_id: str, *, after_seq: int, from_start: bool) -> GrpcWatch:
+        request = workflow_service_pb2.WatchWorkflowRequest(
+            id=workflow_id, after_seq=after_seq, from_start=from_start
+        )
+        return GrpcWatch(self._workflows.WatchWorkflow(request, metadata=_metadata(auth)))

@@ -1,0 +1,155 @@
+"""The gateway's view of StorageService: stream an upload, stream a download, delete, presign.
+
+`Storage` is the small interface the routes use; `GrpcStorage` implements it over a
+grpc.aio channel. Failed calls raise domain errors (services.gateway.errors.from_grpc).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+import grpc
+from comfyfleet.storage.v1 import object_pb2, storage_service_pb2, storage_service_pb2_grpc
+
+from services.gateway.errors import Unavailable, from_grpc
+
+MAX_CHUNK_BYTES = 1024 * 1024  # the PutObject contract: chunks of at most 1 MiB
+RPC_TIMEOUT_SECONDS = 10.0
+
+ObjectRef = object_pb2.ObjectRef
+
+
+class ObjectUpload(Protocol):
+    """One object being stored; visible only after `finish`."""
+
+    async def write(self, data: bytes) -> None: ...
+    async def finish(self) -> ObjectRef: ...
+    def abort(self) -> None: ...
+
+
+class Storage(Protocol):
+    """What the gateway needs from storage."""
+
+    async def open_upload(self, key: str, content_type: str, max_size_bytes: int) -> ObjectUpload: ...
+    async def open_download(
+        self, key: str, expires_unix: int, signature: str
+    ) -> tuple[ObjectRef, AsyncIterator[bytes]]: ...
+    async def delete_prefix(self, prefix: str) -> int: ...
+    async def presign(self, key: str) -> str: ...
+
+
+class GrpcUpload:
+    """A PutObject call: the header was sent; chunks go out as `write` is awaited."""
+
+    def __init__(self, call: grpc.aio.StreamUnaryCall[storage_service_pb2.PutObjectRequest,
+                                                      storage_service_pb2.PutObjectResponse]) -> None:
+        self._call = call
+
+    async def write(self, data: bytes) -> None:
+        """Sends `data` in chunks of at most 1 MiB; waits for gRPC flow control."""
+        view = memoryview(data)
+        for offset in range(0, len(view), MAX_CHUNK_BYTES):
+            await self._send(storage_service_pb2.PutObjectRequest(chunk=bytes(view[offset:offset + MAX_CHUNK_BYTES])))
+
+    async def finish(self) -> ObjectRef:
+        """Half-closes the stream and returns the stored object."""
+        try:
+            await self._call.done_writing()
+            response = await self._call
+        except grpc.aio.AioRpcError as err:
+            raise from_grpc(err) from None
+        return response.object
+
+    def abort(self) -> None:
+        """Cancels the call: storage never makes the object visible."""
+        self._call.cancel()
+
+    async def _send(self, request: storage_service_pb2.PutObjectRequest) -> None:
+        try:
+            await self._call.write(request)
+        except grpc.aio.AioRpcError as err:
+            raise from_grpc(err) from None
+        except asyncio.InvalidStateError:
+            # The call ended already (storage refused the object): surface its status.
+            try:
+                await self._call
+            except grpc.aio.AioRpcError as err:
+                raise from_grpc(err) from None
+            raise Unavailable("storage ended the upload early", reason="STORAGE_UPLOAD_ENDED") from None
+
+
+class GrpcStorage:
+    """Storage over a grpc.aio channel."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = storage_service_pb2_grpc.StorageServiceStub(channel)
+
+    async def open_upload(self, key: str, content_type: str, max_size_bytes: int) -> GrpcUpload:
+        call = self._stub.PutObject()
+        upload = GrpcUpload(call)
+        header = storage_service_pb2.PutObjectHeader(
+            key=key, content_type=content_type, max_size_bytes=max_size_bytes
+        )
+        try:
+            await upload._send(storage_service_pb2.PutObjectRequest(header=header))
+        except BaseException:
+            upload.abort()
+            raise
+        return upload
+
+    async def open_download(
+        self, key: str, expires_unix: int, signature: str
+    ) -> tuple[ObjectRef, AsyncIterator[bytes]]:
+        """Waits for the ObjectRef (so errors come before any byte), then streams chunks."""
+        request = storage_service_pb2.GetObjectRequest(
+            key=key,
+            signature=storage_service_pb2.UrlSignature(expires_unix=expires_unix, signature=signature),
+        )
+        call = self._stub.GetObject(request)
+        try:
+            first = await call.read()
+        except grpc.aio.AioRpcError as err:
+            raise from_grpc(err) from None
+        except BaseException:
+            call.cancel()
+            raise
+        if not isinstance(first, storage_service_pb2.GetObjectResponse) or not first.HasField("object"):
+            call.cancel()
+            raise Unavailable("storage sent no object header", reason="STORAGE_PROTOCOL")
+        return first.object, _chunks(call)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        try:
+            response = await self._stub.DeleteObjects(
+                storage_service_pb2.DeleteObjectsRequest(prefix=prefix), timeout=RPC_TIMEOUT_SECONDS
+            )
+        except grpc.aio.AioRpcError as err:
+            raise from_grpc(err) from None
+        return response.deleted_count
+
+    async def presign(self, key: str) -> str:
+        try:
+            response = await self._stub.PresignObject(
+                storage_service_pb2.PresignObjectRequest(key=key), timeout=RPC_TIMEOUT_SECONDS
+            )
+        except grpc.aio.AioRpcError as err:
+            raise from_grpc(err) from None
+        return response.url
+
+
+async def _chunks(
+    call: grpc.aio.UnaryStreamCall[storage_service_pb2.GetObjectRequest, storage_service_pb2.GetObjectResponse],
+) -> AsyncIterator[bytes]:
+    try:
+        while True:
+            message = await call.read()
+            if not isinstance(message, storage_service_pb2.GetObjectResponse):
+                return
+            if message.HasField("chunk"):
+                yield message.chunk
+    except grpc.aio.AioRpcError as err:
+        raise from_grpc(err) from None
+    finally:
+        call.cancel()

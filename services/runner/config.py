@@ -1,0 +1,155 @@
+"""The runner's settings: one frozen object, read once in `main` from flags and environment.
+
+Every flag has an environment variable; a flag given on the command line wins over it.
+
+    --scheduler       RUNNER_SCHEDULER        host:port of the scheduler       127.0.0.1:50051
+    --storage         RUNNER_STORAGE          host:port of the storage service 127.0.0.1:50052
+    --comfyui-url     COMFYUI_URL             base URL of ComfyUI              http://127.0.0.1:8188
+    --tags            RUNNER_TAGS             comma-separated tags             (none)
+    --slots           RUNNER_SLOTS            assignments run at once          1
+    --name            RUNNER_NAME             name shown to users              the host name
+    --token           RUNNER_TOKEN            runner token                     (required, or a file)
+    --token-file      RUNNER_TOKEN_FILE       file holding the runner token
+    --comfyui-down-timeout  RUNNER_COMFYUI_DOWN_TIMEOUT  seconds ComfyUI may stay unreachable
+                                              before its running prompts fail  60
+    --drain-timeout   RUNNER_DRAIN_TIMEOUT    seconds to let held work finish on SIGTERM  30
+    --log-level       RUNNER_LOG_LEVEL        logging level                    INFO
+
+Nothing else in the package reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.runner.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Capped exponential backoff with full jitter: delay n is uniform in [0, min(cap, base*2^n)]."""
+
+    base_s: float = 0.5
+    cap_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    scheduler: str = "127.0.0.1:50051"
+    storage: str = "127.0.0.1:50052"
+    comfyui_url: str = "http://127.0.0.1:8188"
+    tags: tuple[str, ...] = ()
+    slots: int = 1
+    name: str = ""
+    token: str = ""
+    # How long ComfyUI may stay unreachable before the prompts it holds are failed.
+    comfyui_down_timeout_s: float = 60.0
+    # On SIGTERM: how long held work may take to finish before it is cancelled.
+    drain_timeout_s: float = 30.0
+    log_level: str = "INFO"
+    # Reconnecting to the scheduler and to ComfyUI's websocket.
+    scheduler_backoff: Backoff = field(default_factory=Backoff)
+    comfyui_backoff: Backoff = field(default_factory=lambda: Backoff(base_s=0.2, cap_s=5.0))
+    # At most one progress event per node per this interval (the last tick always goes out).
+    progress_interval_s: float = 0.1
+    # With no websocket message for this long, a prompt is checked against /queue and /history.
+    poll_interval_s: float = 15.0
+    # How long to wait for Welcome after Hello.
+    welcome_timeout_s: float = 10.0
+    # Used when Welcome leaves them unset.
+    default_heartbeat_s: float = 10.0
+    default_lease_s: float = 30.0
+    # Timeout of one ComfyUI HTTP request (uploads and /view downloads stream and may take longer).
+    comfyui_request_timeout_s: float = 30.0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m services.runner", description=__doc__.split("\n\n")[0])
+    p.add_argument("--scheduler", help="scheduler host:port (RUNNER_SCHEDULER)")
+    p.add_argument("--storage", help="storage service host:port (RUNNER_STORAGE)")
+    p.add_argument("--comfyui-url", help="ComfyUI base URL (COMFYUI_URL)")
+    p.add_argument("--tags", help="comma-separated tags (RUNNER_TAGS)")
+    p.add_argument("--slots", help="assignments run at once (RUNNER_SLOTS)")
+    p.add_argument("--name", help="runner name (RUNNER_NAME)")
+    p.add_argument("--token", help="runner token (RUNNER_TOKEN)")
+    p.add_argument("--token-file", help="file holding the runner token (RUNNER_TOKEN_FILE)")
+    p.add_argument("--comfyui-down-timeout", help="seconds (RUNNER_COMFYUI_DOWN_TIMEOUT)")
+    p.add_argument("--drain-timeout", help="seconds (RUNNER_DRAIN_TIMEOUT)")
+    p.add_argument("--log-level", help="logging level (RUNNER_LOG_LEVEL)")
+    return p
+
+
+def _positive_float(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be > 0, got {raw!r}")
+    return value
+
+
+def _read_token_file(path: str) -> str:
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as err:
+        raise ConfigError(f"cannot read token file {path!r}: {err.strerror}") from None
+    if not token:
+        raise ConfigError(f"token file {path!r} is empty")
+    return token
+
+
+def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> RunnerSettings:
+    """Settings from `argv` (without the program name) and `environ`; flags win."""
+    args = _parser().parse_args(list(argv))
+
+    def pick(flag: str | None, env: str) -> str | None:
+        if flag is not None:
+            return flag
+        value = environ.get(env)
+        return value if value else None
+
+    defaults = RunnerSettings()
+    slots_raw = pick(args.slots, "RUNNER_SLOTS") or "1"
+    try:
+        slots = int(slots_raw)
+    except ValueError:
+        raise ConfigError(f"slots must be an integer, got {slots_raw!r}") from None
+    if slots < 1:
+        raise ConfigError(f"slots must be >= 1, got {slots}")
+
+    if args.token:
+        token = args.token
+    elif args.token_file:
+        token = _read_token_file(args.token_file)
+    elif environ.get("RUNNER_TOKEN"):
+        token = environ["RUNNER_TOKEN"]
+    elif environ.get("RUNNER_TOKEN_FILE"):
+        token = _read_token_file(environ["RUNNER_TOKEN_FILE"])
+    else:
+        raise ConfigError("a runner token is required: --token, --token-file, RUNNER_TOKEN or RUNNER_TOKEN_FILE")
+
+    tags_raw = pick(args.tags, "RUNNER_TAGS") or ""
+    tags = tuple(dict.fromkeys(t.strip() for t in tags_raw.split(",") if t.strip()))
+    comfyui_url = (pick(args.comfyui_url, "COMFYUI_URL") or defaults.comfyui_url).rstrip("/")
+    if not comfyui_url.startswith(("http://", "https://")):
+        raise ConfigError(f"ComfyUI URL must start with http:// or https://, got {comfyui_url!r}")
+
+    down = pick(args.comfyui_down_timeout, "RUNNER_COMFYUI_DOWN_TIMEOUT")
+    drain = pick(args.drain_timeout, "RUNNER_DRAIN_TIMEOUT")
+    return RunnerSettings(
+        scheduler=pick(args.scheduler, "RUNNER_SCHEDULER") or defaults.scheduler,
+        storage=pick(args.storage, "RUNNER_STORAGE") or defaults.storage,
+        comfyui_url=comfyui_url,
+        tags=tags,
+        slots=slots,
+        name=pick(args.name, "RUNNER_NAME") or socket.gethostname(),
+        token=token,
+        comfyui_down_timeout_s=_positive_float("comfyui down timeout", down) if down else 60.0,
+        drain_timeout_s=_positive_float("drain timeout", drain) if drain else 30.0,
+        log_level=(pick(args.log_level, "RUNNER_LOG_LEVEL") or "INFO").upper(),
+    )

@@ -1,0 +1,1 @@
+"""Persistence adapter: SQLModel tables, the engine with its migrations, the repositories."""

@@ -1,0 +1,109 @@
+"""Users, their tokens and their runners.
+
+Tokens are random (`cf_` + 32 url-safe bytes), shown once, stored as sha256, may expire, and
+record their last use (at most once a minute, to keep reads cheap).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import uuid
+from datetime import timedelta
+
+from sqlmodel import select
+
+from services.scheduler.db.engine import Database
+from services.scheduler.db.models import RunnerRow, TokenRow, UserRow
+from services.scheduler.errors import Unauthenticated
+from services.scheduler.records import utcnow
+
+API = "api"
+RUNNER = "runner"
+
+
+def new_token() -> str:
+    return "cf_" + secrets.token_urlsafe(32)
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class IdentityStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def create_user(self, name: str, *, tier: str = "free", email: str = "", is_admin: bool = False) -> UserRow:
+        now = utcnow()
+        row = UserRow(id=str(uuid.uuid4()), name=name, email=email, tier=tier, is_admin=is_admin,
+                      created_at=now, updated_at=now)
+        async with self.db.write_lock, self.db.sessions() as s, s.begin():
+            s.add(row)
+        return row
+
+    async def user_by_name(self, name: str) -> UserRow | None:
+        async with self.db.sessions() as s:
+            return (await s.exec(select(UserRow).where(UserRow.name == name))).first()
+
+    async def issue_token(self, user_id: str, kind: str, ttl: timedelta | None = None) -> str:
+        token = new_token()
+        now = utcnow()
+        row = TokenRow(id=str(uuid.uuid4()), user_id=user_id, token_sha256=token_digest(token), kind=kind,
+                       created_at=now, expires_at=now + ttl if ttl else None)
+        async with self.db.write_lock, self.db.sessions() as s, s.begin():
+            s.add(row)
+        return token
+
+    async def authenticate(self, token: str, kind: str) -> UserRow:
+        """The user owning `token` of `kind`; Unauthenticated if unknown, expired or the wrong kind."""
+        if not token:
+            raise Unauthenticated("missing bearer token", reason="TOKEN_MISSING")
+        now = utcnow()
+        async with self.db.sessions() as s:
+            tok = (await s.exec(select(TokenRow).where(TokenRow.token_sha256 == token_digest(token)))).first()
+            if tok is None or tok.kind != kind:
+                raise Unauthenticated("invalid token", reason="TOKEN_INVALID")
+            if tok.expires_at is not None and tok.expires_at <= now:
+                raise Unauthenticated("token expired", reason="TOKEN_EXPIRED")
+            user = await s.get(UserRow, tok.user_id)
+            if user is None:
+                raise Unauthenticated("invalid token", reason="TOKEN_INVALID")
+            stale = tok.last_used_at is None or now - tok.last_used_at > timedelta(minutes=1)
+        if stale:
+            async with self.db.write_lock, self.db.sessions() as s, s.begin():
+                fresh = await s.get(TokenRow, tok.id)
+                if fresh is not None:
+                    fresh.last_used_at = now
+                    s.add(fresh)
+        return user
+
+    async def upsert_runner(
+        self, user_id: str, name: str, *, tags: list[str], slots: int, comfyui_version: str, digest: str
+    ) -> RunnerRow:
+        """The runner a self-registering agent is, by (owner, name); created on first hello."""
+        now = utcnow()
+        async with self.db.write_lock, self.db.sessions() as s, s.begin():
+            row = (await s.exec(select(RunnerRow).where(RunnerRow.user_id == user_id, RunnerRow.name == name))).first()
+            if row is None:
+                row = RunnerRow(id=str(uuid.uuid4()), user_id=user_id, name=name, created_at=now, updated_at=now)
+            row.tags_json = json.dumps(tags)
+            row.slots = slots
+            row.comfyui_version = comfyui_version
+            row.object_info_digest = digest
+            row.last_seen_at = now
+            row.updated_at = now
+            s.add(row)
+        return row
+
+    async def runners_of(self, user_id: str) -> list[RunnerRow]:
+        async with self.db.sessions() as s:
+            return list((await s.exec(select(RunnerRow).where(RunnerRow.user_id == user_id))).all())
+
+    async def touch_runner(self, runner_id: str) -> None:
+        async with self.db.write_lock, self.db.sessions() as s, s.begin():
+            row = await s.get(RunnerRow, runner_id)
+            if row is not None:
+                row.last_seen_at = utcnow()
+                s.add(row)

@@ -1,0 +1,138 @@
+"""Workflows, their event logs and outputs.
+
+Every change goes through `change`: under the write lock and in one transaction it loads the
+row, lets the caller mutate it and name the events that describe the change, numbers the
+events (seq = last_seq + 1, ...) and commits row and events together. Nothing is published
+before the commit, so a watcher never sees an event that could be lost.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC
+
+from comfyfleet.scheduler.v1 import workflow_pb2
+from sqlalchemy import func
+from sqlmodel import col, select
+
+from services.scheduler.core.state import TERMINAL, Status
+from services.scheduler.db.engine import Database
+from services.scheduler.db.models import EventRow, OutputRow, WorkflowRow
+from services.scheduler.errors import WorkflowNotFound
+from services.scheduler.records import utcnow, workflow_pb
+
+_OPEN = [s.value for s in Status if s not in TERMINAL]
+
+
+@dataclass
+class Change:
+    """What a mutation produced: the row after it, and the committed events."""
+
+    row: WorkflowRow
+    events: list[workflow_pb2.WorkflowEvent]
+
+
+# A mutation gets the row and the outputs stored so far, changes the row in place and returns
+# the events to append (without seq/time, filled in here). Raising aborts the transaction.
+Mutation = Callable[[WorkflowRow, list[OutputRow]], Sequence[workflow_pb2.WorkflowEvent]]
+
+
+class WorkflowStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def create(self, row: WorkflowRow) -> Change:
+        """Inserts a new workflow with its first event (status accepted)."""
+        async with self.db.write_lock, self.db.sessions() as s, s.begin():
+            row.last_seq = 1
+            event = workflow_pb2.WorkflowEvent(
+                workflow_id=row.id, seq=1, status=workflow_pb2.StatusEvent(workflow=workflow_pb(row))
+            )
+            event.time.FromDatetime(row.created_at.replace(tzinfo=UTC))
+            s.add(row)
+            s.add(EventRow(workflow_id=row.id, seq=1, payload=event.SerializeToString(), created_at=row.created_at))
+        return Change(row, [event])
+
+    async def change(self, workflow_id: str, mutate: Mutation, *, new_outputs: Sequence[OutputRow] = ()) -> Change:
+        async with self.db.write_lock, self.db.sessions() as s, s.begin():
+            row = await s.get(WorkflowRow, workflow_id)
+            if row is None:
+                raise WorkflowNotFound(workflow_id)
+            outputs = list((await s.exec(select(OutputRow).where(OutputRow.workflow_id == workflow_id))).all())
+            outputs += new_outputs
+            events = list(mutate(row, outputs))
+            for out in new_outputs:
+                s.add(out)
+            now = utcnow()
+            row.updated_at = now
+            for e in events:
+                row.last_seq += 1
+                e.workflow_id = row.id
+                e.seq = row.last_seq
+                e.time.FromDatetime(now.replace(tzinfo=UTC))
+                if e.WhichOneof("kind") == "status":
+                    e.status.workflow.CopyFrom(workflow_pb(row, outputs))
+                s.add(EventRow(workflow_id=row.id, seq=e.seq, payload=e.SerializeToString(), created_at=now))
+            s.add(row)
+        return Change(row, events)
+
+    async def get(self, workflow_id: str, user_id: str | None = None) -> tuple[WorkflowRow, list[OutputRow]]:
+        async with self.db.sessions() as s:
+            row = await s.get(WorkflowRow, workflow_id)
+            if row is None or (user_id is not None and row.user_id != user_id):
+                raise WorkflowNotFound(workflow_id)
+            outputs = (await s.exec(select(OutputRow).where(OutputRow.workflow_id == workflow_id))).all()
+            return row, list(outputs)
+
+    async def list_page(
+        self, user_id: str, *, page: int, per_page: int, status: str | None, tag: str | None
+    ) -> tuple[list[WorkflowRow], int]:
+        query = select(WorkflowRow).where(WorkflowRow.user_id == user_id)
+        if status:
+            query = query.where(WorkflowRow.status == status)
+        if tag:
+            query = query.where(col(WorkflowRow.tags_json).contains(json.dumps(tag)))
+        async with self.db.sessions() as s:
+            total = (await s.exec(select(func.count()).select_from(query.subquery()))).one()
+            rows = await s.exec(
+                query.order_by(col(WorkflowRow.created_at).desc(), col(WorkflowRow.id).desc())
+                .offset((page - 1) * per_page)
+                .limit(per_page)
+            )
+            return list(rows.all()), int(total)
+
+    async def events_after(
+        self, workflow_id: str, after_seq: int, limit: int = 500
+    ) -> list[workflow_pb2.WorkflowEvent]:
+        async with self.db.sessions() as s:
+            rows = await s.exec(
+                select(EventRow)
+                .where(EventRow.workflow_id == workflow_id, EventRow.seq > after_seq)
+                .order_by(col(EventRow.seq))
+                .limit(limit)
+            )
+            return [workflow_pb2.WorkflowEvent.FromString(r.payload) for r in rows.all()]
+
+    async def pending(self, limit: int) -> list[WorkflowRow]:
+        """Accepted and not bound to a runner: high priority first, then oldest."""
+        async with self.db.sessions() as s:
+            rows = await s.exec(
+                select(WorkflowRow)
+                .where(WorkflowRow.status == Status.ACCEPTED.value, col(WorkflowRow.runner_id).is_(None))
+                .order_by(col(WorkflowRow.priority).desc(), col(WorkflowRow.created_at), col(WorkflowRow.id))
+                .limit(limit)
+            )
+            return list(rows.all())
+
+    async def open_on_runners(self) -> dict[str, list[WorkflowRow]]:
+        """Unfinished workflows bound to a runner, by runner id."""
+        async with self.db.sessions() as s:
+            rows = await s.exec(
+                select(WorkflowRow).where(col(WorkflowRow.status).in_(_OPEN), col(WorkflowRow.runner_id).is_not(None))
+            )
+            by_runner: dict[str, list[WorkflowRow]] = {}
+            for row in rows.all():
+                by_runner.setdefault(row.runner_id or "", []).append(row)
+            return by_runner

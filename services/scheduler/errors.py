@@ -1,0 +1,58 @@
+"""Scheduler errors: the shared tree (services.common.errors) with scheduler reasons.
+
+    ComfyfleetError
+    ├── InvalidArgument  ── InvalidWorkflow (reason INVALID_WORKFLOW), InvalidPlaceholder
+    ├── Unauthenticated
+    ├── NotFound         ── WorkflowNotFound (reason WORKFLOW_NOT_FOUND)
+    └── Conflict         ── IllegalTransition (reason ILLEGAL_TRANSITION), AlreadyTerminal
+"""
+
+from __future__ import annotations
+
+from services.common.errors import (
+    ComfyfleetError,
+    Conflict,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
+
+__all__ = [
+    "AlreadyTerminal",
+    "ComfyfleetError",
+    "Conflict",
+    "IllegalTransition",
+    "InvalidArgument",
+    "InvalidPlaceholder",
+    "InvalidWorkflow",
+    "NotFound",
+    "PermissionDenied",
+    "Unauthenticated",
+    "Unavailable",
+    "WorkflowNotFound",
+]
+
+
+class InvalidWorkflow(InvalidArgument):
+    default_reason = "INVALID_WORKFLOW"
+
+
+class InvalidPlaceholder(InvalidArgument):
+    default_reason = "INVALID_PLACEHOLDER"
+
+
+class WorkflowNotFound(NotFound):
+    default_reason = "WORKFLOW_NOT_FOUND"
+
+    def __init__(self, workflow_id: str) -> None:
+        super().__init__("workflow not found", details=[{"id": workflow_id}])
+
+
+class IllegalTransition(Conflict):
+    default_reason = "ILLEGAL_TRANSITION"
+
+
+class AlreadyTerminal(Conflict):
+    default_reason = "WORKFLOW_TERMINAL"

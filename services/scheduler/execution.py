@@ -1,0 +1,293 @@
+"""The runner side of a workflow: placement passes, assignments, runner events, requeue.
+
+Reserve, then dispatch, and roll back on failure: a slot is reserved in the fleet before the
+assignment is committed and sent; if the workflow changed meanwhile or the session closed,
+the reservation is released and the row put back. No lock is held across network I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+
+from comfyfleet.runner.v1 import runner_event_pb2
+from comfyfleet.runner.v1 import runner_session_service_pb2 as session_pb2
+from comfyfleet.scheduler.v1 import workflow_pb2
+from comfyfleet.storage.v1 import object_pb2
+from google.protobuf.json_format import MessageToDict, ParseDict
+
+from services.scheduler.config import Settings
+from services.scheduler.core import placeholders
+from services.scheduler.core.graph import parse_graph
+from services.scheduler.core.placement import PendingWorkflow, place
+from services.scheduler.core.state import Status, transition
+from services.scheduler.db.models import OutputRow, WorkflowRow
+from services.scheduler.db.workflow_store import WorkflowStore
+from services.scheduler.errors import IllegalTransition
+from services.scheduler.fleet import Fleet, Session
+from services.scheduler.hub import EventHub
+from services.scheduler.records import output_pb, utcnow
+from services.scheduler.workflows import log_event, status_event, stored_fields
+
+log = logging.getLogger(__name__)
+
+PLACEMENT_BATCH = 500
+
+
+class _Skip(Exception):
+    """Aborts a change that no longer applies (stale, repeated or already finished)."""
+
+
+class Execution:
+    def __init__(
+        self,
+        settings: Settings,
+        store: WorkflowStore,
+        hub: EventHub,
+        fleet: Fleet,
+        *,
+        finished: Callable[[WorkflowRow], None],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.hub = hub
+        self.fleet = fleet
+        self.finished = finished
+        self._wake = asyncio.Event()
+
+    # -- placement -------------------------------------------------------------------------
+
+    def kick(self) -> None:
+        """Something relevant changed: run a placement pass soon (coalesced)."""
+        self._wake.set()
+
+    async def run_placement(self) -> None:
+        """Placement loop: one pass per wake-up, never on a timer."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.placement_pass()
+            except Exception:
+                log.exception("placement pass failed")
+                await asyncio.sleep(0.5)
+                self._wake.set()
+
+    async def placement_pass(self) -> int:
+        if not self.fleet.sessions:
+            return 0
+        rows = {r.id: r for r in await self.store.pending(PLACEMENT_BATCH)}
+        pending = [PendingWorkflow(r.id, r.user_id, frozenset(json.loads(r.tags_json))) for r in rows.values()]
+        decisions = place(pending, self.fleet.snapshot())
+        placed = 0
+        for workflow_id, runner_id in decisions.bindings:
+            placed += await self._assign(rows[workflow_id], runner_id)
+        if len(rows) == PLACEMENT_BATCH and placed:
+            self.kick()
+        return placed
+
+    async def _assign(self, row: WorkflowRow, runner_id: str) -> int:
+        session = self.fleet.reserve(runner_id, row.id, row.attempt + 1)
+        if session is None:
+            return 0
+        graph = parse_graph(row.workflow_json)
+        found = placeholders.scan(graph)
+        binding = placeholders.bind(found, stored_fields(row))
+        prompt, params = placeholders.fill(
+            graph, found, binding, random64=lambda: secrets.randbits(64), now_ms=time.time_ns() // 1_000_000
+        )
+
+        def mutate(r: WorkflowRow, _outputs: list[OutputRow]) -> list[workflow_pb2.WorkflowEvent]:
+            if r.status != Status.ACCEPTED.value or r.runner_id is not None:
+                raise _Skip
+            r.runner_id = runner_id
+            r.attempt += 1
+            r.prompt_json = json.dumps(prompt)
+            r.params_json = json.dumps(params)
+            r.prompt_id = ""
+            r.queue_number = None
+            r.last_runner_seq = 0
+            return [log_event(f"assigned to runner {session.name} (attempt {r.attempt})")]
+
+        try:
+            change = await self.store.change(row.id, mutate)
+        except _Skip:
+            self.fleet.release(runner_id, row.id)
+            return 0
+        session.held[row.id] = change.row.attempt
+        self.hub.publish(change.events)
+        assignment = session_pb2.Assignment(
+            workflow_id=row.id,
+            attempt=change.row.attempt,
+            prompt_json=change.row.prompt_json,
+            output_prefix=f"outputs/{row.id}/",
+        )
+        for entry in json.loads(row.inputs_json):
+            if entry.get("is_file"):
+                assignment.inputs.append(session_pb2.InputFile(
+                    param=entry["field"][1:],
+                    filename=entry.get("filename", ""),
+                    object=ParseDict(entry["object"], object_pb2.ObjectRef()),
+                ))
+        if not session.send(session_pb2.ConnectResponse(assignment=assignment)):
+            await self._unassign(row.id, runner_id, "runner went away before the assignment was sent")
+            return 0
+        return 1
+
+    async def _unassign(self, workflow_id: str, runner_id: str, why: str) -> None:
+        self.fleet.release(runner_id, workflow_id)
+
+        def mutate(r: WorkflowRow, _outputs: list[OutputRow]) -> list[workflow_pb2.WorkflowEvent]:
+            if r.runner_id != runner_id or r.status != Status.ACCEPTED.value:
+                raise _Skip
+            r.runner_id = None
+            r.attempt -= 1
+            return [log_event(why)]
+
+        try:
+            self.hub.publish((await self.store.change(workflow_id, mutate)).events)
+        except _Skip:
+            pass
+        self.kick()
+
+    # -- runner events ---------------------------------------------------------------------
+
+    async def on_event(self, session: Session, event: runner_event_pb2.RunnerEvent) -> None:
+        kind = event.WhichOneof("kind")
+        new_outputs: list[OutputRow] = []
+        if kind == "output_stored":
+            o = event.output_stored
+            new_outputs.append(OutputRow(
+                id=f"{event.workflow_id}:{event.attempt}:{o.object.key}",
+                workflow_id=event.workflow_id, node_id=o.node_id, filename=o.filename, object_key=o.object.key,
+                size_bytes=o.object.size_bytes, sha256=o.object.sha256, content_type=o.object.content_type,
+                created_at=utcnow(),
+            ))
+
+        def mutate(r: WorkflowRow, outputs: list[OutputRow]) -> list[workflow_pb2.WorkflowEvent]:
+            if r.runner_id != session.runner_id or r.attempt != event.attempt:
+                raise _Skip  # a late runner, or an attempt that was requeued
+            if event.runner_seq <= r.last_runner_seq or Status(r.status).terminal:
+                raise _Skip  # a repeat after a reconnect, or already finished
+            r.last_runner_seq = event.runner_seq
+            return _apply(r, event, outputs)
+
+        try:
+            change = await self.store.change(event.workflow_id, mutate, new_outputs=new_outputs)
+        except _Skip:
+            return
+        except IllegalTransition as err:
+            log.warning("runner %s sent %s for workflow %s: %s", session.name, kind, event.workflow_id, err)
+            return
+        self.hub.publish(change.events)
+        if Status(change.row.status).terminal:
+            self.fleet.release(session.runner_id, event.workflow_id)
+            self.finished(change.row)
+            self.kick()
+
+    # -- runner loss -----------------------------------------------------------------------
+
+    async def requeue(self, runner_id: str, keep: frozenset[str] = frozenset(), why: str = "runner lost") -> int:
+        """Sends the unfinished workflows of a lost runner back to placement (or fails them)."""
+        rows = (await self.store.open_on_runners()).get(runner_id, [])
+        count = 0
+        for row in rows:
+            if row.id in keep:
+                continue
+            self.fleet.release(runner_id, row.id)
+
+            def mutate(r: WorkflowRow, _outputs: list[OutputRow]) -> list[workflow_pb2.WorkflowEvent]:
+                status = Status(r.status)
+                if r.runner_id != runner_id or status.terminal:
+                    raise _Skip
+                if r.cancel_requested:
+                    r.status = transition(status, Status.CANCELLED).value
+                    r.completed_at = utcnow()
+                    return [status_event()]
+                if r.attempt >= self.settings.max_attempts:
+                    r.status = transition(status, Status.FAILED).value
+                    r.completed_at = utcnow()
+                    r.failure_json = json.dumps({
+                        "exception_type": "RunnerLost",
+                        "exception_message": f"{why}; gave up after {r.attempt} attempts",
+                    })
+                    return [status_event()]
+                if status is not Status.ACCEPTED:
+                    r.status = transition(status, Status.ACCEPTED).value
+                r.runner_id = None
+                r.prompt_id = ""
+                r.queue_number = None
+                r.started_at = None
+                return [log_event(f"{why}; requeued after attempt {r.attempt}", workflow_pb2.LOG_LEVEL_WARNING),
+                        status_event()]
+
+            try:
+                change = await self.store.change(row.id, mutate)
+            except _Skip:
+                continue
+            count += 1
+            self.hub.publish(change.events)
+            if Status(change.row.status).terminal:
+                self.finished(change.row)
+        self.kick()
+        return count
+
+
+def _apply(
+    r: WorkflowRow, event: runner_event_pb2.RunnerEvent, outputs: list[OutputRow]
+) -> list[workflow_pb2.WorkflowEvent]:
+    """How one runner event changes the row, and the events that say so."""
+    kind = event.WhichOneof("kind")
+    status = Status(r.status)
+    now = utcnow()
+    if kind == "uploaded":
+        r.status = transition(status, Status.UPLOADED).value
+        return [status_event()]
+    if kind == "queued":
+        q = event.queued
+        if status is Status.QUEUED and r.queue_number == q.queue_number:
+            return []
+        r.status = transition(status, Status.QUEUED).value
+        r.prompt_id = q.prompt_id or r.prompt_id
+        r.queue_number = q.queue_number
+        return [status_event()]
+    if kind == "running":
+        r.status = transition(status, Status.RUNNING).value
+        r.prompt_id = event.running.prompt_id or r.prompt_id
+        r.queue_number = None
+        r.started_at = r.started_at or now
+        return [status_event()]
+    if kind == "executing":
+        e = event.executing
+        executing = workflow_pb2.ExecutingEvent(node_id=e.node_id, node_type=e.node_type)
+        return [workflow_pb2.WorkflowEvent(executing=executing)]
+    if kind == "progress":
+        p = event.progress
+        return [workflow_pb2.WorkflowEvent(progress=workflow_pb2.ProgressEvent(
+            node_id=p.node_id, node_type=p.node_type, value=p.value, max=p.max))]
+    if kind == "output_stored":
+        stored = next(o for o in outputs if o.object_key == event.output_stored.object.key)
+        return [workflow_pb2.WorkflowEvent(output=workflow_pb2.OutputEvent(output=output_pb(stored)))]
+    if kind == "log":
+        return [log_event(event.log.message, event.log.level)]
+    if kind == "completed":
+        r.status = transition(status, Status.COMPLETED).value
+    elif kind == "failed":
+        r.status = transition(status, Status.FAILED).value
+        r.failure_json = json.dumps(MessageToDict(event.failed.failure, preserving_proto_field_name=True))
+    elif kind == "invalid":
+        r.status = transition(status, Status.INVALID).value
+        r.node_errors_json = json.dumps([MessageToDict(e, preserving_proto_field_name=True)
+                                         for e in event.invalid.node_errors])
+        r.failure_json = json.dumps({"exception_type": "ValidationError", "exception_message": event.invalid.message})
+    elif kind == "cancelled":
+        r.status = transition(status, Status.CANCELLED).value
+    else:
+        return []
+    r.queue_number = None
+    r.completed_at = now
+    return [status_event()]

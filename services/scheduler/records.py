@@ -1,0 +1,83 @@
+"""Translation between table rows and the contract's messages (comfyfleet.scheduler.v1)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from comfyfleet.scheduler.v1 import user_pb2, workflow_pb2
+from comfyfleet.storage.v1 import object_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.scheduler.core.state import Status
+from services.scheduler.db.models import OutputRow, UserRow, WorkflowRow
+
+STATUS_TO_PB = {
+    Status.ACCEPTED: workflow_pb2.WORKFLOW_STATUS_ACCEPTED,
+    Status.UPLOADED: workflow_pb2.WORKFLOW_STATUS_UPLOADED,
+    Status.QUEUED: workflow_pb2.WORKFLOW_STATUS_QUEUED,
+    Status.RUNNING: workflow_pb2.WORKFLOW_STATUS_RUNNING,
+    Status.COMPLETED: workflow_pb2.WORKFLOW_STATUS_COMPLETED,
+    Status.FAILED: workflow_pb2.WORKFLOW_STATUS_FAILED,
+    Status.CANCELLED: workflow_pb2.WORKFLOW_STATUS_CANCELLED,
+    Status.INVALID: workflow_pb2.WORKFLOW_STATUS_INVALID,
+}
+PB_TO_STATUS = {v: k for k, v in STATUS_TO_PB.items()}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def ts(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    t = Timestamp()
+    t.FromDatetime(value.replace(tzinfo=UTC) if value.tzinfo is None else value)
+    return t
+
+
+def output_pb(row: OutputRow) -> workflow_pb2.Output:
+    return workflow_pb2.Output(
+        id=row.id,
+        node_id=row.node_id,
+        filename=row.filename,
+        object=object_pb2.ObjectRef(
+            key=row.object_key, size_bytes=row.size_bytes, sha256=row.sha256, content_type=row.content_type
+        ),
+    )
+
+
+def workflow_pb(row: WorkflowRow, outputs: list[OutputRow] | None = None) -> workflow_pb2.Workflow:
+    wf = workflow_pb2.Workflow(
+        id=row.id,
+        user_id=row.user_id,
+        name=row.name,
+        status=STATUS_TO_PB[Status(row.status)],
+        tags=json.loads(row.tags_json),
+        runner_id=row.runner_id or "",
+        workflow_json=row.workflow_json,
+        params=[workflow_pb2.WorkflowParam(placeholder=p, value=v) for p, v in json.loads(row.params_json)],
+        prompt_id=row.prompt_id,
+        attempt=row.attempt,
+        priority=row.priority,  # type: ignore[arg-type]
+        last_seq=row.last_seq,
+        outputs=[output_pb(o) for o in outputs or []],
+    )
+    for name in ("created_at", "updated_at", "started_at", "completed_at"):
+        if (value := ts(getattr(row, name))) is not None:
+            getattr(wf, name).CopyFrom(value)
+    if row.queue_number is not None:
+        wf.queue_number = row.queue_number
+    if row.failure_json:
+        wf.failure.CopyFrom(workflow_pb2.Failure(**json.loads(row.failure_json)))
+    wf.node_errors.extend(workflow_pb2.NodeError(**e) for e in json.loads(row.node_errors_json))
+    return wf
+
+
+def user_pb(row: UserRow) -> user_pb2.User:
+    user = user_pb2.User(id=row.id, name=row.name, email=row.email, tier=row.tier)
+    for name in ("created_at", "updated_at"):
+        if (value := ts(getattr(row, name))) is not None:
+            getattr(user, name).CopyFrom(value)
+    return user

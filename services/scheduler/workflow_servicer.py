@@ -1,0 +1,90 @@
+"""WorkflowService and UserService: proto in, domain calls, proto out. The caller is the
+user of the bearer token in the "authorization" metadata."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, TypeAlias
+
+import grpc
+from comfyfleet.scheduler.v1 import (
+    user_service_pb2,
+    user_service_pb2_grpc,
+    workflow_service_pb2,
+    workflow_service_pb2_grpc,
+)
+
+from services.common.grpc_server import maps_domain_errors
+from services.scheduler.db.identity_store import API, IdentityStore
+from services.scheduler.db.models import UserRow
+from services.scheduler.errors import Unauthenticated
+from services.scheduler.records import user_pb, workflow_pb
+from services.scheduler.workflows import Workflows
+
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+
+
+async def caller(identity: IdentityStore, context: Context) -> UserRow:
+    """The user behind the call's "authorization: Bearer <token>" metadata."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            scheme, _, token = str(value).partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthenticated("authorization must be 'Bearer <token>'", reason="TOKEN_MALFORMED")
+            return await identity.authenticate(token.strip(), API)
+    raise Unauthenticated("missing bearer token", reason="TOKEN_MISSING")
+
+
+class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
+    def __init__(self, identity: IdentityStore, workflows: Workflows) -> None:
+        self.identity = identity
+        self.workflows = workflows
+
+    @maps_domain_errors
+    async def CreateWorkflow(
+        self, request: workflow_service_pb2.CreateWorkflowRequest, context: Context
+    ) -> workflow_service_pb2.CreateWorkflowResponse:
+        user = await caller(self.identity, context)
+        row = await self.workflows.create(user, request)
+        return workflow_service_pb2.CreateWorkflowResponse(workflow=workflow_pb(row))
+
+    @maps_domain_errors
+    async def GetWorkflow(
+        self, request: workflow_service_pb2.GetWorkflowRequest, context: Context
+    ) -> workflow_service_pb2.GetWorkflowResponse:
+        user = await caller(self.identity, context)
+        return workflow_service_pb2.GetWorkflowResponse(workflow=await self.workflows.get(user, request.id))
+
+    @maps_domain_errors
+    async def ListWorkflows(
+        self, request: workflow_service_pb2.ListWorkflowsRequest, context: Context
+    ) -> workflow_service_pb2.ListWorkflowsResponse:
+        user = await caller(self.identity, context)
+        items, total = await self.workflows.list(user, request)
+        return workflow_service_pb2.ListWorkflowsResponse(workflows=items, total=total)
+
+    @maps_domain_errors
+    async def CancelWorkflow(
+        self, request: workflow_service_pb2.CancelWorkflowRequest, context: Context
+    ) -> workflow_service_pb2.CancelWorkflowResponse:
+        user = await caller(self.identity, context)
+        return workflow_service_pb2.CancelWorkflowResponse(workflow=await self.workflows.cancel(user, request.id))
+
+    @maps_domain_errors
+    async def WatchWorkflow(
+        self, request: workflow_service_pb2.WatchWorkflowRequest, context: Context
+    ) -> AsyncIterator[workflow_service_pb2.WatchWorkflowResponse]:
+        user = await caller(self.identity, context)
+        async for item in self.workflows.watch(user, request):
+            yield item
+
+
+class UserServicer(user_service_pb2_grpc.UserServiceServicer):
+    def __init__(self, identity: IdentityStore) -> None:
+        self.identity = identity
+
+    @maps_domain_errors
+    async def GetUser(
+        self, request: user_service_pb2.GetUserRequest, context: Context
+    ) -> user_service_pb2.GetUserResponse:
+        return user_service_pb2.GetUserResponse(user=user_pb(await caller(self.identity, context)))
