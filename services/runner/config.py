@@ -36,6 +36,10 @@ class Backoff:
     base_s: float = 0.5
     cap_s: float = 30.0
 
+    def delay(self, attempt: int, jitter: float) -> float:
+        """Seconds to wait before retry number `attempt` (0-based); `jitter` is uniform in [0, 1)."""
+        return jitter * min(self.cap_s, self.base_s * 2 ** min(attempt, 32))
+
 
 @dataclass(frozen=True)
 class RunnerSettings:

@@ -26,7 +26,7 @@ PB_TO_STATUS = {v: k for k, v in STATUS_TO_PB.items()}
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
+    return datetime.now(UTC)
 
 
 def ts(value: datetime | None) -> Timestamp | None:

@@ -1,0 +1,339 @@
+"""The `local` backend: objects as files under one directory (STORAGE_LOCAL_DIR).
+
+    <root>/data/<key>              the object's bytes
+    <root>/data/<key>.meta.json    its sidecar: size, sha256, content type, inode of the bytes
+    <root>/tmp/*.tmp               writes in flight; nothing else ever lives here
+
+A put streams into a temp file under tmp/ (same filesystem as data/, checked at start),
+hashing and counting as it goes, fsyncs it, then commits: sidecar temp written, bytes moved
+into place with os.replace, sidecar moved into place, directory fsynced. Commits and deletes
+of one key are serialised by an in-process lock, so concurrent puts leave one whole object.
+A reader opens the bytes first and trusts the sidecar only when it names that file's inode
+and size; otherwise it re-reads under the key's lock and, if a crash tore a commit, rebuilds
+the sidecar from the bytes. Temps left by a crash are removed at start. One storage process
+owns a directory: the locks are not shared between processes.
+
+The local backend reserves key segments ending in ".meta.json" and caps each segment at 245
+bytes (255 minus the sidecar suffix); a key cannot be both an object and a prefix of one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import stat
+import tempfile
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+from services.storage.backend import (
+    DEFAULT_CONTENT_TYPE,
+    READ_CHUNK_BYTES,
+    ChunkStream,
+    ObjectRef,
+    validate_content_type,
+    validate_key,
+    validate_max_size,
+    validate_prefix,
+    validate_range,
+)
+from services.storage.errors import (
+    InvalidKey,
+    KeyConflict,
+    ObjectNotFound,
+    ObjectTooLarge,
+    RangeNotSatisfiable,
+    SettingsError,
+    StorageFull,
+)
+
+log = logging.getLogger(__name__)
+
+META_SUFFIX = ".meta.json"
+MAX_SEGMENT_BYTES = 255 - len(META_SUFFIX)
+WRITE_BATCH_BYTES = 1024 * 1024
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_T = TypeVar("_T")
+
+
+class LocalBackend:
+    """A Backend over a local directory; build it with `await LocalBackend.open(root)`."""
+
+    def __init__(self, root: Path) -> None:
+        self._data = root / "data"
+        self._tmp = root / "tmp"
+        self._locks = _KeyLocks()
+
+    @classmethod
+    async def open(cls, root: Path) -> LocalBackend:
+        backend = cls(root)
+        await asyncio.to_thread(backend._prepare)
+        return backend
+
+    async def close(self) -> None:
+        """Nothing to release: every file is closed by the call that opened it."""
+
+    # -- put --------------------------------------------------------------------------------
+
+    async def put(
+        self,
+        key: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        content_type: str = DEFAULT_CONTENT_TYPE,
+        max_size_bytes: int = 0,
+    ) -> ObjectRef:
+        self._check_key(key)
+        content_type = validate_content_type(content_type)
+        validate_max_size(max_size_bytes)
+        await asyncio.to_thread(self._check_placeable, key)
+        try:
+            file, temp = await asyncio.to_thread(self._create_temp, "put-")
+            try:
+                ref, inode = await self._receive(key, content_type, max_size_bytes, chunks, file)
+                async with self._locks.hold(key):
+                    await _whole(self._commit, key, temp, _meta(ref, inode))
+                return ref
+            finally:
+                await asyncio.to_thread(_discard, file, temp)  # no-op once committed
+        except OSError as err:
+            if err.errno in _DISK_FULL:
+                raise StorageFull(f"cannot store {key!r}: the storage disk or quota is full") from err
+            raise
+
+    async def _receive(
+        self, key: str, content_type: str, max_size_bytes: int, chunks: AsyncIterable[bytes], file: IO[bytes]
+    ) -> tuple[ObjectRef, int]:
+        hasher = hashlib.sha256()
+        size = 0
+        batch: list[bytes] = []
+        batch_bytes = 0
+        async for chunk in chunks:
+            size += len(chunk)
+            if max_size_bytes and size > max_size_bytes:
+                raise ObjectTooLarge(f"object {key!r} is larger than the limit of {max_size_bytes} bytes")
+            batch.append(chunk)
+            batch_bytes += len(chunk)
+            if batch_bytes >= WRITE_BATCH_BYTES:
+                await asyncio.to_thread(write_chunks, file, hasher, batch)
+                batch, batch_bytes = [], 0
+        await asyncio.to_thread(write_chunks, file, hasher, batch)
+        inode = await asyncio.to_thread(_flush_and_close, file)
+        return ObjectRef(key, size, hasher.hexdigest(), content_type), inode
+
+    # -- get / stat -------------------------------------------------------------------------
+
+    async def get(self, key: str, *, offset_bytes: int = 0, length_bytes: int = 0) -> tuple[ObjectRef, ChunkStream]:
+        self._check_key(key)
+        validate_range(offset_bytes, length_bytes)
+        file, ref = await self._open(key)
+        if offset_bytes > ref.size_bytes:
+            await asyncio.to_thread(file.close)
+            raise RangeNotSatisfiable(
+                f"offset {offset_bytes} is past the end of {key!r} ({ref.size_bytes} bytes)"
+            )
+        end = ref.size_bytes if not length_bytes else min(ref.size_bytes, offset_bytes + length_bytes)
+        await asyncio.to_thread(file.seek, offset_bytes)
+        return ref, _FileChunks(file, end - offset_bytes)
+
+    async def stat(self, key: str) -> ObjectRef | None:
+        self._check_key(key)
+        try:
+            file, ref = await self._open(key)
+        except ObjectNotFound:
+            return None
+        await asyncio.to_thread(file.close)
+        return ref
+
+    async def exists(self, key: str) -> bool:
+        return await self.stat(key) is not None
+
+    async def _open(self, key: str) -> tuple[IO[bytes], ObjectRef]:
+        """The open bytes file and a sidecar that describes that very file."""
+        opened = await asyncio.to_thread(self._open_object, key)
+        if opened is not None and opened[1] is not None:
+            return opened[0], opened[1]
+        if opened is not None:
+            await asyncio.to_thread(opened[0].close)
+        async with self._locks.hold(key):  # no commit of this key runs while we hold it
+            opened = await _whole(self._open_object, key)
+            if opened is None:
+                raise ObjectNotFound(f"no object {key!r}")
+            file, ref = opened
+            if ref is None:
+                ref = await _whole(self._rebuild_meta, key, file)
+            return file, ref
+
+    # -- delete -----------------------------------------------------------------------------
+
+    async def delete(self, keys: Iterable[str] = (), *, prefix: str = "") -> int:
+        targets = set(keys)
+        for key in targets:
+            self._check_key(key)
+        if prefix:
+            self._check_prefix(prefix)
+            targets.update(await asyncio.to_thread(self._keys_under, prefix))
+        deleted = 0
+        for key in sorted(targets):
+            async with self._locks.hold(key):
+                deleted += await _whole(self._unlink, key)
+        await asyncio.to_thread(self._prune, targets, prefix)
+        return deleted
+
+    # -- key rules and paths ----------------------------------------------------------------
+
+    def _check_key(self, key: str, *, what: str = "key") -> None:
+        validate_key(key, what=what)
+        for segment in key.split("/"):
+            if segment.endswith(META_SUFFIX):
+                raise InvalidKey(f"{what} {key!r}: segments ending in {META_SUFFIX!r} are reserved")
+            if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
+                raise InvalidKey(f"{what} {key[:80]!r} has a segment over {MAX_SEGMENT_BYTES} bytes")
+
+    def _check_prefix(self, prefix: str) -> None:
+        validate_prefix(prefix)
+        self._check_key(prefix[:-1], what="prefix")
+
+    def _path(self, key: str) -> Path:
+        return self._data.joinpath(*key.split("/"))
+
+    # -- blocking file work (always in a worker thread) -------------------------------------
+
+    def _prepare(self) -> None:
+        self._data.mkdir(parents=True, exist_ok=True)
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        if self._data.stat().st_dev != self._tmp.stat().st_dev:
+            raise SettingsError(f"{self._data} and {self._tmp} must be on one filesystem for atomic renames")
+        leftovers = [entry for entry in self._tmp.iterdir() if entry.name.endswith(".tmp")]
+        for entry in leftovers:
+            entry.unlink(missing_ok=True)
+        if leftovers:
+            log.warning("removed %d unfinished writes from %s", len(leftovers), self._tmp)
+
+    def _check_placeable(self, key: str) -> None:
+        path = self._path(key)
+        for parent in reversed(path.relative_to(self._data).parents):
+            if parent.parts and (self._data / parent).is_file():
+                raise KeyConflict(f"cannot store {key!r}: {parent.as_posix()!r} is an object")
+        if path.is_dir():
+            raise KeyConflict(f"cannot store {key!r}: it is a prefix of other objects")
+
+    def _create_temp(self, prefix: str) -> tuple[IO[bytes], Path]:
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=self._tmp)
+        return os.fdopen(fd, "wb"), Path(name)
+
+    def _commit(self, key: str, temp: Path, meta: dict[str, Any]) -> None:
+        path = self._path(key)
+        meta_file, meta_temp = self._create_temp("meta-")
+        try:
+            with meta_file:
+                meta_file.write(json.dumps(meta).encode("utf-8"))
+                meta_file.flush()
+                os.fsync(meta_file.fileno())
+            self._place(key, temp, path)
+            os.replace(meta_temp, _meta_path(path))
+        finally:
+            meta_temp.unlink(missing_ok=True)
+        _fsync_dir(path.parent)
+
+    def _place(self, key: str, temp: Path, path: Path) -> None:
+        """Moves the bytes into place; retries when a concurrent delete prunes the directory."""
+        for _ in range(10):
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(temp, path)
+                return
+            except (FileExistsError, NotADirectoryError):
+                raise KeyConflict(f"cannot store {key!r}: a prefix of it is an object") from None
+            except IsADirectoryError:
+                raise KeyConflict(f"cannot store {key!r}: it is a prefix of other objects") from None
+            except FileNotFoundError:
+                if not temp.exists():
+                    raise
+        raise OSError(errno.EAGAIN, f"directory of {key!r} kept disappearing")
+
+    def _open_object(self, key: str) -> tuple[IO[bytes], ObjectRef | None] | None:
+        path = self._path(key)
+        try:
+            file = open(path, "rb")  # handed to the caller, who closes it
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+        try:
+            info = os.fstat(file.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                file.close()
+                return None
+            meta = _read_meta(_meta_path(path))
+            if meta.get("inode") == info.st_ino and meta.get("size_bytes") == info.st_size:
+                return file, ObjectRef(key, info.st_size, str(meta["sha256"]), str(meta["content_type"]))
+            return file, None
+        except BaseException:
+            file.close()
+            raise
+
+    def _rebuild_meta(self, key: str, file: IO[bytes]) -> ObjectRef:
+        """Rewrites a sidecar that does not match its bytes (a commit torn by a crash)."""
+        hasher = hashlib.sha256()
+        size = 0
+        file.seek(0)
+        while chunk := file.read(READ_CHUNK_BYTES):
+            hasher.update(chunk)
+            size += len(chunk)
+        meta_path = _meta_path(self._path(key))
+        content_type = str(_read_meta(meta_path).get("content_type") or DEFAULT_CONTENT_TYPE)
+        ref = ObjectRef(key, size, hasher.hexdigest(), content_type)
+        meta_file, meta_temp = self._create_temp("meta-")
+        try:
+            with meta_file:
+                meta_file.write(json.dumps(_meta(ref, os.fstat(file.fileno()).st_ino)).encode("utf-8"))
+                meta_file.flush()
+                os.fsync(meta_file.fileno())
+            os.replace(meta_temp, meta_path)
+        finally:
+            meta_temp.unlink(missing_ok=True)
+        log.warning("rebuilt the metadata of %r from its bytes", key)
+        return ref
+
+    def _keys_under(self, prefix: str) -> set[str]:
+        base = self._path(prefix[:-1])
+        keys: set[str] = set()
+        for directory, _dirs, files in os.walk(base):
+            for name in files:
+                relative = (Path(directory) / name.removesuffix(META_SUFFIX)).relative_to(self._data)
+                keys.add(relative.as_posix())
+        return keys
+
+    def _unlink(self, key: str) -> bool:
+        path = self._path(key)
+        try:
+            path.unlink()
+            existed = True
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            existed = False
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            _meta_path(path).unlink()
+        return existed
+
+    def _prune(self, keys: Iterable[str], prefix: str) -> None:
+        """Removes directories the delete left empty, up to (not including) data/."""
+        starts = {self._path(key).parent for key in keys}
+        if prefix:
+            base = self._path(prefix[:-1])
+            for directory, _dirs, _files in os.walk(base, topdown=False):
+                with contextlib.suppress(OSError):
+                    os.rmdir(directory)
+            starts.add(base.parent)
+        for start in starts:
+            directory = start
+            while directory != self._data and self._data in directory.parents:
+                try:
+                    os.rmdir(directory)
+                except OSError:
+                    break
+                directory = directory.parent
