@@ -34,8 +34,10 @@ $(GEN)/.stamp: $(PROTOS) $(VENV)/.installed
 
 proto: $(GEN)/.stamp
 
-$(BUF):
-	npm install --no-audit --no-fund --silent @bufbuild/buf@1
+# buf comes from the npm registry, pinned by package-lock.json.
+$(BUF): package.json package-lock.json
+	npm ci --no-audit --no-fund --silent
+	touch $@
 
 lint: proto $(BUF)
 	$(BUF) lint
