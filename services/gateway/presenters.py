@@ -174,7 +174,9 @@ def event_frame(event: workflow_pb2.WorkflowEvent, srcs: Mapping[str, str]) -> t
     """(SSE event name, data) for one event; None for a kind this gateway does not know."""
     kind = event.WhichOneof("kind")
     if kind == "status":
-        return "status", snapshot(event.status.workflow, srcs)
+        data = snapshot(event.status.workflow, srcs)
+        data["id"] = data["id"] or event.workflow_id
+        return "status", data
     if kind == "executing":
         return "executing", {"node_id": event.executing.node_id, "node_type": event.executing.node_type}
     if kind == "progress":

@@ -23,14 +23,12 @@ import asyncio
 import contextlib
 import errno
 import hashlib
-import json
 import logging
 import os
 import stat
-import tempfile
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, Iterable
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO
 
 from services.storage.backend import (
     DEFAULT_CONTENT_TYPE,
@@ -52,14 +50,27 @@ from services.storage.errors import (
     SettingsError,
     StorageFull,
 )
+from services.storage.local_files import (
+    META_SUFFIX,
+    FileChunks,
+    KeyLocks,
+    create_temp,
+    discard,
+    flush_and_close,
+    fsync_dir,
+    meta_bytes,
+    meta_path,
+    read_meta,
+    run_whole,
+    write_chunks,
+    write_temp,
+)
 
 log = logging.getLogger(__name__)
 
-META_SUFFIX = ".meta.json"
 MAX_SEGMENT_BYTES = 255 - len(META_SUFFIX)
 WRITE_BATCH_BYTES = 1024 * 1024
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
-_T = TypeVar("_T")
 
 
 class LocalBackend:
@@ -68,7 +79,7 @@ class LocalBackend:
     def __init__(self, root: Path) -> None:
         self._data = root / "data"
         self._tmp = root / "tmp"
-        self._locks = _KeyLocks()
+        self._locks = KeyLocks()
 
     @classmethod
     async def open(cls, root: Path) -> LocalBackend:
@@ -94,14 +105,14 @@ class LocalBackend:
         validate_max_size(max_size_bytes)
         await asyncio.to_thread(self._check_placeable, key)
         try:
-            file, temp = await asyncio.to_thread(self._create_temp, "put-")
+            file, temp = await asyncio.to_thread(create_temp, self._tmp, "put-")
             try:
                 ref, inode = await self._receive(key, content_type, max_size_bytes, chunks, file)
                 async with self._locks.hold(key):
-                    await _whole(self._commit, key, temp, _meta(ref, inode))
+                    await run_whole(self._commit, key, temp, meta_bytes(ref, inode))
                 return ref
             finally:
-                await asyncio.to_thread(_discard, file, temp)  # no-op once committed
+                await asyncio.to_thread(discard, file, temp)  # no-op once committed
         except OSError as err:
             if err.errno in _DISK_FULL:
                 raise StorageFull(f"cannot store {key!r}: the storage disk or quota is full") from err
@@ -124,7 +135,7 @@ class LocalBackend:
                 await asyncio.to_thread(write_chunks, file, hasher, batch)
                 batch, batch_bytes = [], 0
         await asyncio.to_thread(write_chunks, file, hasher, batch)
-        inode = await asyncio.to_thread(_flush_and_close, file)
+        inode = await asyncio.to_thread(flush_and_close, file)
         return ObjectRef(key, size, hasher.hexdigest(), content_type), inode
 
     # -- get / stat -------------------------------------------------------------------------
@@ -135,12 +146,10 @@ class LocalBackend:
         file, ref = await self._open(key)
         if offset_bytes > ref.size_bytes:
             await asyncio.to_thread(file.close)
-            raise RangeNotSatisfiable(
-                f"offset {offset_bytes} is past the end of {key!r} ({ref.size_bytes} bytes)"
-            )
+            raise RangeNotSatisfiable(f"offset {offset_bytes} is past the end of {key!r} ({ref.size_bytes} bytes)")
         end = ref.size_bytes if not length_bytes else min(ref.size_bytes, offset_bytes + length_bytes)
         await asyncio.to_thread(file.seek, offset_bytes)
-        return ref, _FileChunks(file, end - offset_bytes)
+        return ref, FileChunks(file, end - offset_bytes)
 
     async def stat(self, key: str) -> ObjectRef | None:
         self._check_key(key)
@@ -162,12 +171,12 @@ class LocalBackend:
         if opened is not None:
             await asyncio.to_thread(opened[0].close)
         async with self._locks.hold(key):  # no commit of this key runs while we hold it
-            opened = await _whole(self._open_object, key)
+            opened = await run_whole(self._open_object, key)
             if opened is None:
                 raise ObjectNotFound(f"no object {key!r}")
             file, ref = opened
             if ref is None:
-                ref = await _whole(self._rebuild_meta, key, file)
+                ref = await run_whole(self._rebuild_meta, key, file)
             return file, ref
 
     # -- delete -----------------------------------------------------------------------------
@@ -182,7 +191,7 @@ class LocalBackend:
         deleted = 0
         for key in sorted(targets):
             async with self._locks.hold(key):
-                deleted += await _whole(self._unlink, key)
+                deleted += await run_whole(self._unlink, key)
         await asyncio.to_thread(self._prune, targets, prefix)
         return deleted
 
@@ -224,23 +233,15 @@ class LocalBackend:
         if path.is_dir():
             raise KeyConflict(f"cannot store {key!r}: it is a prefix of other objects")
 
-    def _create_temp(self, prefix: str) -> tuple[IO[bytes], Path]:
-        fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=self._tmp)
-        return os.fdopen(fd, "wb"), Path(name)
-
-    def _commit(self, key: str, temp: Path, meta: dict[str, Any]) -> None:
+    def _commit(self, key: str, temp: Path, meta: bytes) -> None:
         path = self._path(key)
-        meta_file, meta_temp = self._create_temp("meta-")
+        meta_temp = write_temp(self._tmp, "meta-", meta)
         try:
-            with meta_file:
-                meta_file.write(json.dumps(meta).encode("utf-8"))
-                meta_file.flush()
-                os.fsync(meta_file.fileno())
             self._place(key, temp, path)
-            os.replace(meta_temp, _meta_path(path))
+            os.replace(meta_temp, meta_path(path))
         finally:
             meta_temp.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def _place(self, key: str, temp: Path, path: Path) -> None:
         """Moves the bytes into place; retries when a concurrent delete prunes the directory."""
@@ -269,7 +270,7 @@ class LocalBackend:
             if not stat.S_ISREG(info.st_mode):
                 file.close()
                 return None
-            meta = _read_meta(_meta_path(path))
+            meta = read_meta(meta_path(path))
             if meta.get("inode") == info.st_ino and meta.get("size_bytes") == info.st_size:
                 return file, ObjectRef(key, info.st_size, str(meta["sha256"]), str(meta["content_type"]))
             return file, None
@@ -285,16 +286,12 @@ class LocalBackend:
         while chunk := file.read(READ_CHUNK_BYTES):
             hasher.update(chunk)
             size += len(chunk)
-        meta_path = _meta_path(self._path(key))
-        content_type = str(_read_meta(meta_path).get("content_type") or DEFAULT_CONTENT_TYPE)
+        sidecar = meta_path(self._path(key))
+        content_type = str(read_meta(sidecar).get("content_type") or DEFAULT_CONTENT_TYPE)
         ref = ObjectRef(key, size, hasher.hexdigest(), content_type)
-        meta_file, meta_temp = self._create_temp("meta-")
+        meta_temp = write_temp(self._tmp, "meta-", meta_bytes(ref, os.fstat(file.fileno()).st_ino))
         try:
-            with meta_file:
-                meta_file.write(json.dumps(_meta(ref, os.fstat(file.fileno()).st_ino)).encode("utf-8"))
-                meta_file.flush()
-                os.fsync(meta_file.fileno())
-            os.replace(meta_temp, meta_path)
+            os.replace(meta_temp, sidecar)
         finally:
             meta_temp.unlink(missing_ok=True)
         log.warning("rebuilt the metadata of %r from its bytes", key)
@@ -317,7 +314,7 @@ class LocalBackend:
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             existed = False
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            _meta_path(path).unlink()
+            meta_path(path).unlink()
         return existed
 
     def _prune(self, keys: Iterable[str], prefix: str) -> None:
