@@ -322,9 +322,9 @@ class LocalBackend:
         starts = {self._path(key).parent for key in keys}
         if prefix:
             base = self._path(prefix[:-1])
-            for directory, _dirs, _files in os.walk(base, topdown=False):
+            for walked, _dirs, _files in os.walk(base, topdown=False):
                 with contextlib.suppress(OSError):
-                    os.rmdir(directory)
+                    os.rmdir(walked)
             starts.add(base.parent)
         for start in starts:
             directory = start

@@ -1,0 +1,35 @@
+"""`python -m services.storage`: runs the storage service with settings from the environment."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+
+from services.storage.config import load_settings
+from services.storage.errors import SettingsError
+from services.storage.server import run
+
+
+def main() -> int:
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("services.storage")
+    try:
+        settings = load_settings(os.environ)
+        log.info(
+            "storage: backend=%s dir=%s listen=%s public_url=%s",
+            settings.backend,
+            settings.local_dir,
+            settings.listen,
+            settings.public_url,
+        )
+        asyncio.run(run(settings))
+    except SettingsError as err:
+        log.error("cannot start: %s", err.message)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

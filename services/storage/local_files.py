@@ -1,0 +1,171 @@
+"""Primitives the local backend is built from: blocking file steps and two small async pieces.
+
+Every function here that touches the disk blocks; the backend calls them through
+asyncio.to_thread (or `run_whole` while it holds a key's lock), never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+from services.storage.backend import READ_CHUNK_BYTES, ObjectRef
+
+META_SUFFIX = ".meta.json"
+_T = TypeVar("_T")
+
+
+# -- sidecars ---------------------------------------------------------------------------------
+
+
+def meta_path(path: Path) -> Path:
+    """Where the sidecar of the object stored at `path` lives."""
+    return path.with_name(path.name + META_SUFFIX)
+
+
+def meta_bytes(ref: ObjectRef, inode: int) -> bytes:
+    """A sidecar's content: what GetObject reports, plus the inode of the bytes it describes."""
+    fields = {"size_bytes": ref.size_bytes, "sha256": ref.sha256, "content_type": ref.content_type}
+    return json.dumps({**fields, "inode": inode}).encode("utf-8")
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """A sidecar's fields, or {} when it is missing or unreadable."""
+    try:
+        meta = json.loads(path.read_bytes())
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+# -- temp files and durability ----------------------------------------------------------------
+
+
+def create_temp(directory: Path, prefix: str) -> tuple[IO[bytes], Path]:
+    """A new empty temp file (mode 0600) in `directory`, open for writing."""
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
+    return os.fdopen(fd, "wb"), Path(name)
+
+
+def write_temp(directory: Path, prefix: str, content: bytes) -> Path:
+    """A durable temp file holding `content`, ready to be moved into place with os.replace."""
+    file, temp = create_temp(directory, prefix)
+    try:
+        with file:
+            file.write(content)
+            file.flush()
+            os.fsync(file.fileno())
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return temp
+
+
+def write_chunks(file: IO[bytes], hasher: Any, chunks: list[bytes]) -> None:
+    """Hashes and writes a batch of chunks (hashlib releases the GIL on large buffers)."""
+    for chunk in chunks:
+        hasher.update(chunk)
+        file.write(chunk)
+
+
+def flush_and_close(file: IO[bytes]) -> int:
+    """Makes a written temp file durable and closes it; returns its inode."""
+    with file:
+        file.flush()
+        os.fsync(file.fileno())
+        return os.fstat(file.fileno()).st_ino
+
+
+def discard(file: IO[bytes], temp: Path) -> None:
+    """Closes and removes an uncommitted temp file (a no-op once it was committed)."""
+    with contextlib.suppress(OSError):  # closing flushes, which fails again on a full disk
+        file.close()
+    temp.unlink(missing_ok=True)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Makes renames inside `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- async pieces -----------------------------------------------------------------------------
+
+
+class FileChunks:
+    """A ChunkStream over an open file: at most `remaining` bytes, READ_CHUNK_BYTES at a time.
+
+    Owns the file: closes it at the end, on aclose(), or when a read fails.
+    """
+
+    def __init__(self, file: IO[bytes], remaining: int) -> None:
+        self._file = file
+        self._remaining = remaining
+
+    def __aiter__(self) -> FileChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = b""
+        if self._remaining > 0 and not self._file.closed:
+            try:
+                chunk = await asyncio.to_thread(self._file.read, min(READ_CHUNK_BYTES, self._remaining))
+            except BaseException:
+                await self.aclose()
+                raise
+        if not chunk:
+            await self.aclose()
+            raise StopAsyncIteration
+        self._remaining -= len(chunk)
+        return chunk
+
+    async def aclose(self) -> None:
+        if not self._file.closed:
+            await asyncio.to_thread(self._file.close)
+
+
+class KeyLocks:
+    """One asyncio.Lock per key, kept only while someone holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._users: dict[str, int] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        self._users[key] = self._users.get(key, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._users[key] -= 1
+            if not self._users[key]:
+                del self._users[key], self._locks[key]
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+async def run_whole(fn: Callable[..., _T], *args: Any) -> _T:
+    """Runs `fn` in a thread and, if cancelled meanwhile, waits for it before re-raising.
+
+    Used under a key's lock, so the lock is never released while the thread still works.
+    """
+    task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        if not task.cancelled():
+            task.exception()  # retrieved on purpose: the caller is gone, its cancellation wins
+        raise

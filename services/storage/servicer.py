@@ -1,0 +1,130 @@
+"""StorageService over gRPC: translates proto messages to backend calls and back.
+
+Signatures of download URLs are checked here, before the backend is touched; building and
+checking them is signing.py's job, reading and writing bytes the backend's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeAlias
+
+import grpc
+from comfyfleet.storage.v1 import object_pb2, storage_service_pb2, storage_service_pb2_grpc
+from google.protobuf import timestamp_pb2
+
+from services.common.errors import InvalidArgument
+from services.common.grpc_server import maps_domain_errors
+from services.storage import signing
+from services.storage.backend import Backend, ObjectRef
+from services.storage.config import MAX_URL_TTL_SECONDS
+from services.storage.errors import ObjectNotFound, UrlExpired, UrlSignatureInvalid
+
+MAX_KEYS_PER_DELETE = 1000
+
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+
+
+class StorageServicer(storage_service_pb2_grpc.StorageServiceServicer):
+    """The StorageService RPCs over one backend."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        signing_key: bytes,
+        public_url: str,
+        default_ttl_seconds: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._backend = backend
+        self._signing_key = signing_key
+        self._public_url = public_url
+        self._default_ttl_seconds = default_ttl_seconds
+        self._clock = clock
+
+    @maps_domain_errors
+    async def PutObject(
+        self, request_iterator: AsyncIterator[storage_service_pb2.PutObjectRequest], context: Context
+    ) -> storage_service_pb2.PutObjectResponse:
+        requests = aiter(request_iterator)
+        first = await anext(requests, None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise InvalidArgument("a PutObject stream must start with a header", reason="PUT_HEADER_MISSING")
+        header = first.header
+        ref = await self._backend.put(
+            header.key,
+            _chunks(requests),
+            content_type=header.content_type,
+            max_size_bytes=header.max_size_bytes,
+        )
+        return storage_service_pb2.PutObjectResponse(object=_to_proto(ref))
+
+    @maps_domain_errors
+    async def GetObject(
+        self, request: storage_service_pb2.GetObjectRequest, context: Context
+    ) -> AsyncIterator[storage_service_pb2.GetObjectResponse]:
+        if request.HasField("signature"):
+            self._check_signature(request.key, request.signature)
+        ref, chunks = await self._backend.get(
+            request.key, offset_bytes=request.offset_bytes, length_bytes=request.length_bytes
+        )
+        async with contextlib.aclosing(chunks):
+            yield storage_service_pb2.GetObjectResponse(object=_to_proto(ref))
+            async for chunk in chunks:
+                yield storage_service_pb2.GetObjectResponse(chunk=chunk)
+
+    @maps_domain_errors
+    async def DeleteObjects(
+        self, request: storage_service_pb2.DeleteObjectsRequest, context: Context
+    ) -> storage_service_pb2.DeleteObjectsResponse:
+        if len(request.keys) > MAX_KEYS_PER_DELETE:
+            raise InvalidArgument(f"at most {MAX_KEYS_PER_DELETE} keys per DeleteObjects call", reason="TOO_MANY_KEYS")
+        deleted = await self._backend.delete(list(request.keys), prefix=request.prefix)
+        return storage_service_pb2.DeleteObjectsResponse(deleted_count=deleted)
+
+    @maps_domain_errors
+    async def PresignObject(
+        self, request: storage_service_pb2.PresignObjectRequest, context: Context
+    ) -> storage_service_pb2.PresignObjectResponse:
+        ttl_seconds = self._default_ttl_seconds
+        if request.HasField("ttl"):
+            ttl_seconds = math.ceil(request.ttl.ToTimedelta().total_seconds())
+            if not 0 < ttl_seconds <= MAX_URL_TTL_SECONDS:
+                raise InvalidArgument(
+                    f"ttl must be more than 0 and at most {MAX_URL_TTL_SECONDS} seconds (7 days)",
+                    reason="TTL_INVALID",
+                )
+        if not await self._backend.exists(request.key):
+            raise ObjectNotFound(f"no object {request.key!r}")
+        expires_unix = math.floor(self._clock()) + ttl_seconds
+        signature = signing.sign(self._signing_key, request.key, expires_unix)
+        return storage_service_pb2.PresignObjectResponse(
+            url=signing.download_url(self._public_url, request.key, expires_unix, signature),
+            expires_at=timestamp_pb2.Timestamp(seconds=expires_unix),
+        )
+
+    def _check_signature(self, key: str, signature: storage_service_pb2.UrlSignature) -> None:
+        verdict = signing.verify(
+            self._signing_key, key, signature.expires_unix, signature.signature, now_unix=self._clock()
+        )
+        if verdict is signing.Verdict.INVALID:
+            raise UrlSignatureInvalid("the download URL's signature is not valid")
+        if verdict is signing.Verdict.EXPIRED:
+            raise UrlExpired("the download URL has expired")
+
+
+async def _chunks(requests: AsyncIterator[storage_service_pb2.PutObjectRequest]) -> AsyncIterator[bytes]:
+    async for request in requests:
+        if request.WhichOneof("part") != "chunk":
+            raise InvalidArgument("only the first PutObject message may be a header", reason="PUT_HEADER_REPEATED")
+        yield request.chunk
+
+
+def _to_proto(ref: ObjectRef) -> object_pb2.ObjectRef:
+    return object_pb2.ObjectRef(
+        key=ref.key, size_bytes=ref.size_bytes, sha256=ref.sha256, content_type=ref.content_type
+    )

@@ -1,0 +1,150 @@
+"""The local backend: the shared contract, plus what it leaves (or must not leave) on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from services.storage import local_backend as local_backend_module
+from services.storage.errors import InvalidKey, KeyConflict, ObjectNotFound, ObjectTooLarge, StorageFull
+from services.storage.local_backend import LocalBackend
+
+from .conftest import files_under
+from .contract import BackendContract, MiB, chunked, put_bytes, read, sha
+
+pytestmark = pytest.mark.timeout(15)
+
+
+class TestLocalBackendContract(BackendContract):
+    @pytest.fixture
+    def backend(self, local_backend: LocalBackend) -> LocalBackend:
+        return local_backend
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "objects"
+
+
+async def test_an_object_is_its_bytes_plus_a_sidecar(local_backend: LocalBackend, root: Path) -> None:
+    ref = await put_bytes(local_backend, "outputs/wf1/9/a.png", b"\x89PNG...", content_type="image/png")
+    assert files_under(root) == ["data/outputs/wf1/9/a.png", "data/outputs/wf1/9/a.png.meta.json"]
+    assert (root / "data/outputs/wf1/9/a.png").read_bytes() == b"\x89PNG..."
+    meta = json.loads((root / "data/outputs/wf1/9/a.png.meta.json").read_bytes())
+    assert (meta["sha256"], meta["size_bytes"], meta["content_type"]) == (ref.sha256, 7, "image/png")
+
+
+async def test_sidecars_are_never_served_as_objects(local_backend: LocalBackend) -> None:
+    await put_bytes(local_backend, "outputs/wf1/9/a.png", b"png")
+    for key in ("outputs/wf1/9/a.png.meta.json", "outputs/wf1.meta.json/x"):
+        with pytest.raises(InvalidKey, match="reserved"):
+            await local_backend.get(key)
+        with pytest.raises(InvalidKey, match="reserved"):
+            await put_bytes(local_backend, key, b"{}")
+    with pytest.raises(ObjectNotFound):
+        await local_backend.get("outputs/wf1")  # a directory is not an object
+
+
+async def test_over_long_path_segments_are_invalid_keys(local_backend: LocalBackend) -> None:
+    with pytest.raises(InvalidKey, match="segment"):
+        await put_bytes(local_backend, "inputs/" + "a" * 246, b"x")
+    await put_bytes(local_backend, "inputs/" + "a" * 245, b"x")
+
+
+async def test_over_the_limit_leaves_no_file_at_all(local_backend: LocalBackend, root: Path) -> None:
+    with pytest.raises(ObjectTooLarge):
+        await put_bytes(local_backend, "inputs/wf1/p/big.bin", os.urandom(3 * MiB), max_size_bytes=2 * MiB)
+    assert files_under(root) == []
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+async def test_a_full_disk_is_unavailable_and_cleans_up(
+    local_backend: LocalBackend, root: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    def disk_full(*_: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(local_backend_module, "write_chunks", disk_full)
+    with pytest.raises(StorageFull, match="full") as caught:
+        await put_bytes(local_backend, "outputs/wf1/9/a.png", os.urandom(2 * MiB))
+    assert caught.value.reason == "STORAGE_FULL"
+    assert files_under(root) == []
+
+
+async def test_a_cancelled_put_leaves_nothing_behind(local_backend: LocalBackend, root: Path) -> None:
+    started = asyncio.Event()
+
+    async def stalls() -> AsyncIterator[bytes]:
+        yield os.urandom(2 * MiB)  # a full write batch reaches the temp file
+        started.set()
+        await asyncio.Event().wait()
+        yield b"never"
+
+    put = asyncio.create_task(local_backend.put("inputs/wf1/p/a.bin", stalls()))
+    await started.wait()
+    await asyncio.sleep(0.05)
+    assert [f for f in files_under(root) if f.startswith("tmp/")], "the put should be mid-way"
+    put.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await put
+    assert files_under(root) == []
+
+
+async def test_deletes_remove_emptied_directories(local_backend: LocalBackend, root: Path) -> None:
+    await put_bytes(local_backend, "inputs/wf1/a/x.png", b"x")
+    await put_bytes(local_backend, "inputs/wf1/b/c/y.png", b"y")
+    await put_bytes(local_backend, "outputs/wf1/1/z.png", b"z")
+    assert await local_backend.delete(prefix="inputs/wf1/") == 2
+    assert await local_backend.delete(["outputs/wf1/1/z.png"]) == 1
+    assert not (root / "data/inputs").exists()
+    assert not (root / "data/outputs").exists()
+    assert (root / "data").is_dir()
+
+
+async def test_a_key_cannot_be_both_an_object_and_a_prefix(local_backend: LocalBackend) -> None:
+    await put_bytes(local_backend, "inputs/wf1", b"object")
+    with pytest.raises(KeyConflict):
+        await put_bytes(local_backend, "inputs/wf1/p/a.png", b"x")
+    await put_bytes(local_backend, "outputs/wf1/1/a.png", b"x")
+    with pytest.raises(KeyConflict):
+        await put_bytes(local_backend, "outputs/wf1", b"x")
+
+
+async def test_a_sidecar_torn_by_a_crash_is_rebuilt_from_the_bytes(local_backend: LocalBackend, root: Path) -> None:
+    await put_bytes(local_backend, "outputs/wf1/9/a.png", b"old bytes", content_type="image/png")
+    # a crash between moving the new bytes into place and moving their sidecar
+    torn = root / "data/outputs/wf1/9/a.png"
+    replacement = root / "replacement"
+    replacement.write_bytes(b"new bytes, longer")
+    os.replace(replacement, torn)
+
+    ref, chunks = await read(local_backend, "outputs/wf1/9/a.png")
+    assert chunks == [b"new bytes, longer"]
+    assert (ref.size_bytes, ref.sha256, ref.content_type) == (17, sha(b"new bytes, longer"), "image/png")
+    assert await local_backend.stat("outputs/wf1/9/a.png") == ref
+
+
+async def test_unfinished_writes_from_a_crash_are_removed_at_start(root: Path) -> None:
+    (root / "tmp").mkdir(parents=True)
+    (root / "tmp/put-abc.tmp").write_bytes(b"half an upload")
+    await LocalBackend.open(root)
+    assert files_under(root) == []
+
+
+async def test_concurrent_puts_and_deletes_keep_objects_whole(local_backend: LocalBackend, root: Path) -> None:
+    payloads = [bytes([i]) * (256 * 1024 + i) for i in range(6)]
+
+    async def churn(i: int) -> None:
+        await local_backend.put("inputs/wf1/p/a.bin", chunked(payloads[i], 32 * 1024))
+        await local_backend.delete(prefix="inputs/wf1/")
+
+    await asyncio.gather(*(churn(i) for i in range(6)))
+    await put_bytes(local_backend, "inputs/wf1/p/a.bin", payloads[0])
+    assert (await read(local_backend, "inputs/wf1/p/a.bin"))[1] == [payloads[0]]
+    assert [f for f in files_under(root) if f.startswith("tmp/")] == []
