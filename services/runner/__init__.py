@@ -1,7 +1,17 @@
-"""The runner: the agent beside each ComfyUI.
+"""The runner: the agent beside each ComfyUI (`python -m services.runner`).
 
-It holds one session stream to the scheduler (`session.py`), runs each `Assignment` it is
-given against its ComfyUI (`execution.py`), follows ComfyUI's websocket (`comfyui_feed.py`),
-turns ComfyUI messages into `RunnerEvent`s (`comfyui_messages.py`, pure), and moves file
-bytes between ComfyUI and the storage service (`storage_client.py`). `server.py` wires it up.
+    config.py            RunnerSettings from flags and environment (read once in main)
+    errors.py            the package's exception tree
+    server.py            wiring: builds the parts, runs them, stops them on SIGTERM
+    session.py           the scheduler stream: Hello/Welcome, heartbeats, reconnect, resend
+    outbox.py            events numbered by runner_seq, kept until safely delivered
+    agent.py             the held executions, slots, Assignment/Cancel/Drain/abandon
+    execution.py         one Assignment end to end on ComfyUI
+    output_store.py      outputs from ComfyUI's /view into storage
+    comfyui_feed.py      the one websocket to ComfyUI, demultiplexed by prompt id
+    comfyui_client.py    adapter: ComfyUI's HTTP API and websocket (aiohttp)
+    storage_client.py    adapter: the storage service's object streams
+    comfyui_messages.py  pure: ComfyUI messages and history -> steps of one prompt
+    prompt_graph.py      pure: $file substitution, node errors, queue position
+    events.py            RunnerEvent builders
 """

@@ -109,6 +109,8 @@ class ComfyUIFeed:
                         self._dispatch(message)
             except ComfyUIUnreachable as err:
                 log.debug("ComfyUI websocket unavailable: %s", err)
+            except Exception:  # never let the feed die: every execution would lose its messages
+                log.exception("ComfyUI websocket failed unexpectedly")
             finally:
                 if self._connected.is_set():
                     self._connected.clear()

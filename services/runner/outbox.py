@@ -19,9 +19,8 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from google.protobuf import timestamp_pb2
-
 from comfyfleet.runner.v1 import runner_event_pb2
+from google.protobuf import timestamp_pb2
 
 WorkflowKey = tuple[str, int]  # (workflow_id, attempt)
 
@@ -40,6 +39,8 @@ class Outbox:
         self._queued: deque[runner_event_pb2.RunnerEvent] = deque()
         self._written: deque[_Written] = deque()
         self._ready = asyncio.Event()
+        self._empty = asyncio.Event()
+        self._empty.set()
         self._live: Counter[WorkflowKey] = Counter()  # events per key still queued or written
         self._finished: set[WorkflowKey] = set()
 
@@ -54,23 +55,31 @@ class Outbox:
         self._queued.append(event)
         self._live[key] += 1
         self._ready.set()
+        self._empty.clear()
         return event
 
     def next(self) -> runner_event_pb2.RunnerEvent | None:
         """The oldest queued event, left queued until `written` is called."""
         return self._queued[0] if self._queued else None
 
-    def written(self) -> None:
-        """The event `next` returned is on the wire."""
+    def written(self, event: runner_event_pb2.RunnerEvent) -> None:
+        """`event` (what `next` returned) is on the wire."""
         now = self._clock()
-        self._written.append(_Written(now, self._queued.popleft()))
+        if self._queued and self._queued[0] is event:  # else it was dropped meanwhile
+            self._written.append(_Written(now, self._queued.popleft()))
         self._prune(now)
         if not self._queued:
-            self._ready.clear()
+            self._empty.set()
+
+    async def wait_empty(self) -> None:
+        """Returns once every queued event has been written."""
+        await self._empty.wait()
 
     async def wait(self) -> None:
         """Returns once something is queued."""
-        await self._ready.wait()
+        while not self._queued:
+            self._ready.clear()
+            await self._ready.wait()
 
     def rewind(self) -> None:
         """The stream broke: events written within the window go back in front of the queue."""
@@ -79,6 +88,7 @@ class Outbox:
         self._written.clear()
         if self._queued:
             self._ready.set()
+            self._empty.clear()
 
     def drop(self, keys: set[WorkflowKey]) -> None:
         """Forgets every event of `keys` (the scheduler abandoned them)."""
@@ -88,7 +98,7 @@ class Outbox:
             self._live.pop(key, None)
             self._forget_if_done(key)
         if not self._queued:
-            self._ready.clear()
+            self._empty.set()
 
     def finish(self, key: WorkflowKey) -> None:
         """`key` will emit nothing more: its counter goes once its last event has left."""

@@ -1,0 +1,370 @@
+"""One Assignment, end to end, on this runner's ComfyUI.
+
+    waiting    for a free slot (never more than `slots` executions past this point)
+    preparing  each input: storage GetObject -> POST /upload/image (subfolder = workflow id);
+               `$file(param)` values become "<subfolder>/<name>"          -> uploaded
+    submitting POST /prompt {prompt, client_id, prompt_id (ours)}, websocket already open
+               400 -> invalid; 500/other -> failed; refused -> failed ComfyUIUnreachable
+    queued     position from GET /queue, re-read when a `status` broadcast changes the count
+    running    websocket messages -> events (comfyui_messages.PromptTracker)
+    storing    each output: GET /view -> storage PutObject -> output_stored; then completed
+
+Cancel: waiting/preparing -> stop; queued -> delete from ComfyUI's queue; running ->
+targeted interrupt (its execution_interrupted ends it). Each ends in `cancelled`.
+ComfyUI gone: the websocket feed says FeedDown/FeedUp. Once back, the prompt is reconciled
+with GET /queue and GET /history/{id}; a prompt in neither failed (ComfyUIRestarted). Down for
+longer than `comfyui_down_timeout_s` -> failed (ComfyUIUnreachable). With no message for
+`poll_interval_s`, the same reconciliation runs, so no prompt waits forever on a lost message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from comfyfleet.runner.v1 import runner_session_service_pb2 as session_pb2
+
+from services.runner import events
+from services.runner.comfyui_client import ComfyUI
+from services.runner.comfyui_feed import ComfyUIFeed, FeedDown, FeedUp, QueueStatus, WsMessage
+from services.runner.comfyui_messages import (
+    NodeProgress,
+    NodeStarted,
+    PromptFailed,
+    PromptInterrupted,
+    PromptStarted,
+    PromptSucceeded,
+    PromptTracker,
+    Step,
+)
+from services.runner.errors import (
+    ComfyUIError,
+    ComfyUIRejected,
+    ComfyUIServerError,
+    ComfyUIUnreachable,
+    InvalidAssignment,
+    StorageError,
+)
+from services.runner.outbox import WorkflowKey
+from services.runner.output_store import store_outputs
+from services.runner.prompt_graph import (
+    node_errors,
+    node_errors_summary,
+    node_types,
+    parse_prompt,
+    queue_position,
+    substitute_files,
+    validation_message,
+)
+from services.runner.storage_client import ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+class State(enum.Enum):
+    WAITING = "waiting"
+    PREPARING = "preparing"
+    SUBMITTING = "submitting"
+    QUEUED = "queued"
+    RUNNING = "running"
+    STORING = "storing"
+    DONE = "done"
+
+
+@dataclass(frozen=True)
+class ExecutionSettings:
+    progress_interval_s: float = 0.1
+    poll_interval_s: float = 15.0
+    comfyui_down_timeout_s: float = 60.0
+
+
+class _Finished(Exception):
+    """The execution reached its terminal event."""
+
+
+_CANCEL = object()
+
+
+class Execution:
+    """Runs one assignment; `start` it, `cancel` or `abandon` it, await `task`."""
+
+    def __init__(
+        self,
+        assignment: session_pb2.Assignment,
+        *,
+        comfyui: ComfyUI,
+        feed: ComfyUIFeed,
+        storage: ObjectStore,
+        emit: Callable[[WorkflowKey, events.RunnerEvent], object],
+        settings: ExecutionSettings,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.assignment = assignment
+        self.key: WorkflowKey = (assignment.workflow_id, assignment.attempt)
+        self.prompt_id = str(uuid.uuid4())
+        self.state = State.WAITING
+        self.task: asyncio.Task[None] | None = None
+        self._comfyui = comfyui
+        self._feed = feed
+        self._storage = storage
+        self._emit_to = emit
+        self._settings = settings
+        self._clock = clock
+        self._inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._cancel_requested = False
+        self._silent = False
+        self._tracker: PromptTracker | None = None
+        self._down_since: float | None = None
+        self._position: int | None = None
+
+    # -- control -------------------------------------------------------------------------------
+
+    def start(self, slots: asyncio.Semaphore) -> asyncio.Task[None]:
+        self.task = asyncio.create_task(self._run(slots), name=f"execution {self.key}")
+        return self.task
+
+    def cancel(self) -> None:
+        """Stops the run and reports `cancelled` (unless it already ended)."""
+        if self._cancel_requested or self.state is State.DONE:
+            return
+        self._cancel_requested = True
+        if self.state in (State.WAITING, State.PREPARING) and self.task is not None:
+            self.task.cancel()
+        else:
+            self._inbox.put_nowait(_CANCEL)
+
+    def abandon(self) -> None:
+        """Like cancel, but reports nothing: the scheduler no longer wants this attempt."""
+        self._silent = True
+        self.cancel()
+
+    # -- the run -------------------------------------------------------------------------------
+
+    def _emit(self, event: events.RunnerEvent) -> None:
+        if not self._silent:
+            self._emit_to(self.key, event)
+
+    def _finish(self, event: events.RunnerEvent) -> _Finished:
+        self._emit(event)
+        self.state = State.DONE
+        return _Finished()
+
+    async def _run(self, slots: asyncio.Semaphore) -> None:
+        try:
+            async with slots:
+                await self._execute()
+        except _Finished:
+            pass
+        except asyncio.CancelledError:
+            if not self._cancel_requested or self.state not in (State.WAITING, State.PREPARING):
+                raise
+            if (task := asyncio.current_task()) is not None:
+                task.uncancel()
+            self._finish(events.cancelled())
+        except Exception as err:  # a bug must not leave the workflow running forever
+            log.exception("execution %s failed unexpectedly", self.key)
+            self._finish(events.failed("RunnerError", f"{type(err).__name__}: {err}"))
+        finally:
+            self.state = State.DONE
+            self._feed.unsubscribe(self.prompt_id)
+
+    async def _execute(self) -> None:
+        self.state = State.PREPARING
+        try:
+            prompt = parse_prompt(self.assignment.prompt_json)
+        except InvalidAssignment as err:
+            raise self._finish(events.failed("InvalidAssignment", err.message)) from None
+        names = await self._upload_inputs()
+        self._emit(events.uploaded())
+        prompt = substitute_files(prompt, names)
+        self._tracker = PromptTracker(self.prompt_id, node_types(prompt), self._settings.progress_interval_s)
+        # The websocket must be open before POST /prompt, or the first messages are lost.
+        if not await self._feed.wait_connected(self._settings.comfyui_down_timeout_s):
+            raise self._finish(events.failed("ComfyUIUnreachable", "ComfyUI's websocket did not open"))
+        self.state = State.SUBMITTING
+        await self._submit(prompt)
+        await self._follow()
+
+    async def _upload_inputs(self) -> dict[str, str]:
+        names: dict[str, str] = {}
+        for item in self.assignment.inputs:
+            filename = item.filename or item.object.key.rsplit("/", 1)[-1]
+            try:
+                async with self._storage.get(item.object.key) as stored:
+                    uploaded = await self._comfyui.upload_image(
+                        filename,
+                        stored.ref.content_type or item.object.content_type,
+                        stored.chunks,
+                        subfolder=self.assignment.workflow_id,
+                    )
+            except StorageError as err:
+                raise self._finish(events.failed("InputUnavailable", f"input {item.param!r}: {err.message}")) from None
+            except ComfyUIUnreachable as err:
+                raise self._finish(events.failed("ComfyUIUnreachable", err.message)) from None
+            except ComfyUIServerError as err:
+                message = f"upload of input {item.param!r} ({filename}) refused: HTTP {err.status} {err.text}".strip()
+                raise self._finish(events.failed("ComfyUIUploadFailed", message)) from None
+            names[item.param] = uploaded.reference
+        return names
+
+    async def _submit(self, prompt: dict[str, Any]) -> None:
+        self._feed.subscribe(self.prompt_id, self._inbox)
+        try:
+            accepted = await self._comfyui.submit_prompt(
+                prompt, client_id=self._feed.client_id, prompt_id=self.prompt_id
+            )
+        except ComfyUIRejected as err:
+            message = validation_message(err.body)
+            raise self._finish(events.invalid(message, node_errors(err.body.get("node_errors")))) from None
+        except ComfyUIUnreachable as err:
+            raise self._finish(events.failed("ComfyUIUnreachable", err.message)) from None
+        except ComfyUIServerError as err:
+            raise self._finish(events.failed("ComfyUIServerError", err.text or err.message)) from None
+        warnings = node_errors(accepted.node_errors)
+        if warnings:
+            self._emit(events.warning(node_errors_summary(warnings)))
+        self.state = State.QUEUED
+        self._position = await self._queue_position()
+        self._emit(events.queued(self.prompt_id, self._position or 0))
+        if self._cancel_requested:
+            await self._cancel_in_comfyui()
+
+    async def _queue_position(self) -> int | None:
+        try:
+            return queue_position(await self._comfyui.queue(), self.prompt_id)
+        except ComfyUIError as err:
+            log.info("GET /queue failed: %s", err.message)
+            return None
+
+    # -- following the prompt ------------------------------------------------------------------
+
+    async def _follow(self) -> None:
+        assert self._tracker is not None
+        tracker = self._tracker
+        settings = self._settings
+        last_heard = self._clock()
+        last_remaining: int | None = None
+        if not self._feed.connected:
+            self._down_since = last_heard
+        while True:
+            now = self._clock()
+            deadline = last_heard + settings.poll_interval_s
+            if (due := tracker.next_due()) is not None:
+                deadline = min(deadline, due)
+            if self._down_since is not None:
+                deadline = min(deadline, self._down_since + settings.comfyui_down_timeout_s)
+            try:
+                item = await asyncio.wait_for(self._inbox.get(), max(0.0, deadline - now))
+            except TimeoutError:
+                item = None
+            now = self._clock()
+            steps: list[Step] = []
+            if item is None:
+                steps = tracker.due(now)
+                if self._down_since is not None and now - self._down_since >= settings.comfyui_down_timeout_s:
+                    await self._apply(steps)
+                    if self._cancel_requested:
+                        raise self._finish(events.cancelled())
+                    down_for = round(now - self._down_since, 1)
+                    raise self._finish(
+                        events.failed("ComfyUIUnreachable", f"ComfyUI unreachable for {down_for} s mid-run")
+                    )
+                if now - last_heard >= settings.poll_interval_s:
+                    last_heard = now
+                    if self._down_since is None:
+                        steps += await self._reconcile()
+            elif isinstance(item, WsMessage):
+                last_heard = now
+                steps = tracker.feed(item.message, item.at)
+            elif isinstance(item, QueueStatus):
+                if self.state is State.QUEUED and item.queue_remaining != last_remaining:
+                    last_remaining = item.queue_remaining
+                    position = await self._queue_position()
+                    if position is not None and position != self._position and self.state is State.QUEUED:
+                        self._position = position
+                        self._emit(events.queued(self.prompt_id, position))
+            elif isinstance(item, FeedDown):
+                self._down_since = self._down_since or now
+            elif isinstance(item, FeedUp):
+                self._down_since = None
+                last_heard = now
+                steps = await self._reconcile()
+            elif item is _CANCEL:
+                await self._cancel_in_comfyui()
+            await self._apply(steps)
+
+    async def _apply(self, steps: list[Step]) -> None:
+        for step in steps:
+            if isinstance(step, PromptStarted):
+                self.state = State.RUNNING
+                self._emit(events.running(self.prompt_id))
+            elif isinstance(step, NodeStarted):
+                self._emit(events.executing(step))
+            elif isinstance(step, NodeProgress):
+                self._emit(events.progress(step))
+            elif isinstance(step, PromptFailed):
+                raise self._finish(events.failed_in_node(step))
+            elif isinstance(step, PromptInterrupted):
+                raise self._finish(events.cancelled())
+            elif isinstance(step, PromptSucceeded):
+                self.state = State.STORING
+                failure = await store_outputs(
+                    step.outputs, self.assignment.output_prefix, self._comfyui, self._storage, self._emit
+                )
+                raise self._finish(failure or events.completed())
+
+    async def _reconcile(self) -> list[Step]:
+        """Where is the prompt? Still queued/running: nothing to do. Finished: its outcome.
+        Unknown to ComfyUI: it was lost (ComfyUI restarted), or it was ours to cancel."""
+        assert self._tracker is not None
+        try:
+            queue = await self._comfyui.queue()
+            if queue.holds(self.prompt_id):
+                if self._cancel_requested:
+                    await self._cancel_in_comfyui()
+                return []
+            entry = await self._comfyui.history(self.prompt_id)
+        except ComfyUIUnreachable:
+            self._down_since = self._down_since or self._clock()
+            return []
+        except ComfyUIError as err:
+            log.warning("reconciling prompt %s: %s", self.prompt_id, err.message)
+            return []
+        steps = self._tracker.steps_from_history(entry)
+        if steps:
+            return steps
+        if self._cancel_requested:
+            raise self._finish(events.cancelled())
+        raise self._finish(
+            events.failed(
+                "ComfyUIRestarted",
+                f"prompt {self.prompt_id} is neither queued nor in ComfyUI's history (ComfyUI restarted?)",
+            )
+        )
+
+    async def _cancel_in_comfyui(self) -> None:
+        """Pending: delete it from the queue. Running: interrupt it (the websocket ends it)."""
+        try:
+            if self.state is State.QUEUED:
+                await self._comfyui.delete_pending([self.prompt_id])
+                queue = await self._comfyui.queue()
+                if self.prompt_id in queue.running:
+                    await self._comfyui.interrupt(self.prompt_id)  # it started meanwhile
+                elif not queue.holds(self.prompt_id):
+                    assert self._tracker is not None
+                    steps = self._tracker.steps_from_history(await self._comfyui.history(self.prompt_id))
+                    await self._apply(steps)  # it finished meanwhile: that outcome stands
+                    raise self._finish(events.cancelled())
+            elif self.state is State.RUNNING:
+                await self._comfyui.interrupt(self.prompt_id)
+        except ComfyUIUnreachable:
+            # Retried by the reconciliation once ComfyUI is back (cancel stays requested).
+            self._down_since = self._down_since or self._clock()
+        except ComfyUIError as err:
+            log.warning("cancelling prompt %s: %s", self.prompt_id, err.message)

@@ -1,0 +1,135 @@
+"""Wiring: builds the runner's parts from its settings, runs them, stops them on SIGTERM.
+
+    ComfyUIClient ─┬─ ComfyUIFeed (one websocket, owned task)
+                   ├─ RunnerAgent (executions, slots) ── Outbox ── RunnerSession (owned task)
+    StorageClient ─┘
+
+Shutdown (SIGTERM/SIGINT, or `RunningRunner.shutdown`): take no new work, give held work
+`drain_timeout_s` to finish while its events still flow, abandon the rest (cancelled in
+ComfyUI; the scheduler requeues it when the session ends), flush the outbox, half-close
+the session, cancel the owned tasks, close the clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from services.runner.agent import RunnerAgent
+from services.runner.comfyui_client import ComfyUIClient
+from services.runner.comfyui_feed import ComfyUIFeed
+from services.runner.config import RunnerSettings, load_settings
+from services.runner.errors import ConfigError
+from services.runner.execution import ExecutionSettings
+from services.runner.outbox import Outbox
+from services.runner.session import ComfyUIFacts, RunnerIdentity, RunnerSession, SessionSettings
+from services.runner.storage_client import StorageClient
+
+log = logging.getLogger("services.runner")
+
+
+@dataclass
+class RunningRunner:
+    settings: RunnerSettings
+    comfyui: ComfyUIClient
+    storage: StorageClient
+    feed: ComfyUIFeed
+    agent: RunnerAgent
+    session: RunnerSession
+    tasks: list[asyncio.Task[None]]
+
+    async def shutdown(self) -> None:
+        self.agent.drain()
+        if not await self.agent.wait_idle(self.settings.drain_timeout_s):
+            log.warning("drain timed out with %d held; abandoning them", self.agent.in_flight())
+        await self.agent.close()
+        if self.session.connected.is_set():
+            await self.session.flush(2.0)
+        await self.session.stop(2.0)
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.session.close()
+        await self.storage.close()
+        await self.comfyui.close()
+        log.info("runner stopped")
+
+
+async def start_runner(settings: RunnerSettings) -> RunningRunner:
+    """Builds and starts every part; returns once the background tasks are running."""
+    comfyui = ComfyUIClient(settings.comfyui_url, request_timeout_s=settings.comfyui_request_timeout_s)
+    storage = StorageClient(settings.storage)
+    feed = ComfyUIFeed(comfyui, f"comfyfleet-{uuid.uuid4()}", backoff=settings.comfyui_backoff)
+    outbox = Outbox(window_s=settings.default_lease_s)
+    agent = RunnerAgent(
+        comfyui=comfyui,
+        feed=feed,
+        storage=storage,
+        outbox=outbox,
+        slots=settings.slots,
+        settings=ExecutionSettings(
+            progress_interval_s=settings.progress_interval_s,
+            poll_interval_s=settings.poll_interval_s,
+            comfyui_down_timeout_s=settings.comfyui_down_timeout_s,
+        ),
+    )
+    session = RunnerSession(
+        settings.scheduler,
+        RunnerIdentity(token=settings.token, name=settings.name, tags=settings.tags, slots=settings.slots),
+        agent,
+        outbox,
+        ComfyUIFacts(comfyui).get,
+        SessionSettings(
+            backoff=settings.scheduler_backoff,
+            welcome_timeout_s=settings.welcome_timeout_s,
+            default_heartbeat_s=settings.default_heartbeat_s,
+            default_lease_s=settings.default_lease_s,
+        ),
+    )
+    tasks = [
+        asyncio.create_task(feed.run(), name="comfyui feed"),
+        asyncio.create_task(session.run(), name="scheduler session"),
+    ]
+    log.info(
+        "runner %r: scheduler %s, storage %s, ComfyUI %s, tags %s, %d slot(s)",
+        settings.name,
+        settings.scheduler,
+        settings.storage,
+        settings.comfyui_url,
+        ",".join(settings.tags) or "-",
+        settings.slots,
+    )
+    return RunningRunner(settings, comfyui, storage, feed, agent, session, tasks)
+
+
+async def serve(settings: RunnerSettings) -> None:
+    """Runs the runner until SIGTERM or SIGINT, then shuts it down cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner = await start_runner(settings)
+    await stop.wait()
+    log.info("signal received: stopping")
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(Exception):
+            loop.remove_signal_handler(sig)
+    await runner.shutdown()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = load_settings(sys.argv[1:] if argv is None else argv, os.environ)
+    except ConfigError as err:
+        print(f"runner: {err.message}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(settings))
+    return 0

@@ -1,0 +1,255 @@
+"""The runner's session with the scheduler: `RunnerSessionService.Connect`, kept alive.
+
+One stream at a time:
+
+    up    Hello{token, name, tags, slots, comfyui_version, object_info_digest, held}
+    down  Welcome{runner_id, lease, heartbeat_interval, abandon}
+          -> abandon what it lists, resend the outbox (events possibly lost with the last
+             stream first, then the ones queued while disconnected)
+    up    Heartbeat{in_flight} every heartbeat_interval, Event as the outbox fills
+    down  Assignment / Cancel / Drain, handed to the `SessionHandler`
+
+When the stream breaks (the scheduler restarted or is unreachable), the held work keeps
+running and its events pile up in the outbox; the session reconnects with capped exponential
+backoff and jitter and says Hello again with `held` = what is still running plus whatever
+has events the scheduler may not have. `stop()` half-closes the stream and ends the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import grpc
+from comfyfleet.runner.v1 import runner_session_service_pb2 as pb
+from comfyfleet.runner.v1 import runner_session_service_pb2_grpc as pb_grpc
+
+from services.common.grpc_server import CHANNEL_OPTIONS
+from services.runner.comfyui_client import ComfyUI
+from services.runner.config import Backoff
+from services.runner.errors import ComfyUIError
+from services.runner.outbox import Outbox, WorkflowKey
+
+log = logging.getLogger(__name__)
+
+
+class SessionHandler(Protocol):
+    """What the session asks of, and hands to, the agent."""
+
+    def held(self) -> list[WorkflowKey]: ...
+    def in_flight(self) -> int: ...
+    def assign(self, assignment: pb.Assignment) -> None: ...
+    def cancel(self, key: WorkflowKey) -> None: ...
+    def abandon(self, keys: set[WorkflowKey]) -> None: ...
+    def drain(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class RunnerIdentity:
+    token: str
+    name: str
+    tags: tuple[str, ...]
+    slots: int
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    backoff: Backoff = field(default_factory=Backoff)
+    welcome_timeout_s: float = 10.0
+    default_heartbeat_s: float = 10.0
+    default_lease_s: float = 30.0
+
+
+class ComfyUIFacts:
+    """ComfyUI's version and /object_info digest for Hello: fetched at each connect, the last
+    good answer reused while ComfyUI is down (it must have answered once)."""
+
+    def __init__(self, comfyui: ComfyUI) -> None:
+        self._comfyui = comfyui
+        self._last: tuple[str, str] | None = None
+
+    async def get(self) -> tuple[str, str]:
+        try:
+            self._last = (await self._comfyui.comfyui_version(), await self._comfyui.object_info_digest())
+        except ComfyUIError:
+            if self._last is None:
+                raise
+            log.warning("ComfyUI did not answer; Hello uses what it said before")
+        return self._last
+
+
+class _StreamEnded(Exception):
+    pass
+
+
+class RunnerSession:
+    def __init__(
+        self,
+        target: str,
+        identity: RunnerIdentity,
+        handler: SessionHandler,
+        outbox: Outbox,
+        comfyui_facts: Callable[[], Awaitable[tuple[str, str]]],
+        settings: SessionSettings,
+    ) -> None:
+        self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._stub = pb_grpc.RunnerSessionServiceStub(self._channel)
+        self._identity = identity
+        self._handler = handler
+        self._outbox = outbox
+        self._facts = comfyui_facts
+        self._settings = settings
+        self._write_lock = asyncio.Lock()
+        self._call: grpc.aio.StreamStreamCall[pb.ConnectRequest, pb.ConnectResponse] | None = None
+        self._stopping = False
+        self._welcomed = False
+        self._ended = asyncio.Event()
+        self.runner_id = ""
+        self.connected = asyncio.Event()
+
+    async def run(self) -> None:
+        """Connects and reconnects until `stop()` (or cancellation)."""
+        attempt = 0
+        try:
+            while not self._stopping:
+                self._welcomed = False
+                try:
+                    await self._connect_once()
+                except (grpc.aio.AioRpcError, _StreamEnded, ComfyUIError, TimeoutError) as err:
+                    if self._stopping:
+                        log.info("scheduler session closed")
+                    elif isinstance(err, grpc.aio.AioRpcError):
+                        unauthenticated = err.code() == grpc.StatusCode.UNAUTHENTICATED
+                        log.log(
+                            logging.ERROR if unauthenticated else logging.WARNING,
+                            "scheduler session: %s %s",
+                            err.code().name,
+                            err.details(),
+                        )
+                    else:
+                        log.warning("scheduler session: %s", err)
+                except Exception:  # never let the session die: the runner would be cut off for good
+                    log.exception("scheduler session failed unexpectedly")
+                if self._stopping:
+                    break
+                attempt = 0 if self._welcomed else attempt + 1
+                await asyncio.sleep(self._settings.backoff.delay(attempt, random.random()))
+        finally:
+            self._ended.set()
+
+    async def stop(self, timeout_s: float = 2.0) -> None:
+        """Half-closes the stream, so the scheduler ends it, and waits for `run` to return.
+
+        The caller cancels the `run` task if this times out (e.g. while backing off)."""
+        self._stopping = True
+        call = self._call
+        if call is None or call.done():
+            return  # not connected: nothing to close; the caller cancels `run`
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                async with self._write_lock:
+                    await call.done_writing()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ended.wait(), timeout_s)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def flush(self, timeout_s: float) -> bool:
+        """True once every queued event has been written (or False after `timeout_s`)."""
+        try:
+            await asyncio.wait_for(self._outbox.wait_empty(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    def _hello(self, comfyui_version: str, digest: str) -> pb.ConnectRequest:
+        held = set(self._handler.held()) | self._outbox.keys()
+        return pb.ConnectRequest(
+            hello=pb.Hello(
+                runner_token=self._identity.token,
+                name=self._identity.name,
+                tags=list(self._identity.tags),
+                slots=self._identity.slots,
+                comfyui_version=comfyui_version,
+                object_info_digest=digest,
+                held=[pb.HeldWorkflow(workflow_id=w, attempt=a) for w, a in sorted(held)],
+            )
+        )
+
+    async def _connect_once(self) -> None:
+        version, digest = await self._facts()
+        call = self._stub.Connect()
+        self._call = call
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            await call.write(self._hello(version, digest))
+            first = await asyncio.wait_for(call.read(), self._settings.welcome_timeout_s)
+            if first is grpc.aio.EOF or first.WhichOneof("message") != "welcome":
+                raise _StreamEnded("the scheduler did not answer Hello with Welcome")
+            welcome = first.welcome
+            self.runner_id = welcome.runner_id
+            lease = welcome.lease.ToTimedelta().total_seconds() or self._settings.default_lease_s
+            beat = welcome.heartbeat_interval.ToTimedelta().total_seconds() or self._settings.default_heartbeat_s
+            self._outbox.window_s = lease
+            abandon = {(h.workflow_id, h.attempt) for h in welcome.abandon}
+            if abandon:
+                self._handler.abandon(abandon)
+            self._welcomed = True
+            log.info("welcomed as runner %s (lease %.0f s, heartbeat %.1f s)", self.runner_id, lease, beat)
+            self.connected.set()
+            tasks = [
+                asyncio.create_task(self._write_events(call), name="session writer"),
+                asyncio.create_task(self._heartbeat(call, beat), name="session heartbeat"),
+                asyncio.create_task(self._read(call), name="session reader"),
+            ]
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # raises what ended it
+            raise _StreamEnded("the scheduler ended the session")
+        finally:
+            self.connected.clear()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            call.cancel()
+            self._call = None
+            self._outbox.rewind()
+
+    async def _write_events(self, call: grpc.aio.StreamStreamCall[pb.ConnectRequest, pb.ConnectResponse]) -> None:
+        while True:
+            await self._outbox.wait()
+            event = self._outbox.next()
+            if event is None:
+                continue
+            async with self._write_lock:
+                await call.write(pb.ConnectRequest(event=event))
+            self._outbox.written(event)
+
+    async def _heartbeat(
+        self, call: grpc.aio.StreamStreamCall[pb.ConnectRequest, pb.ConnectResponse], interval_s: float
+    ) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            async with self._write_lock:
+                await call.write(pb.ConnectRequest(heartbeat=pb.Heartbeat(in_flight=self._handler.in_flight())))
+
+    async def _read(self, call: grpc.aio.StreamStreamCall[pb.ConnectRequest, pb.ConnectResponse]) -> None:
+        while True:
+            message = await call.read()
+            if message is grpc.aio.EOF:
+                return
+            kind = message.WhichOneof("message")
+            if kind == "assignment":
+                self._handler.assign(message.assignment)
+            elif kind == "cancel":
+                self._handler.cancel((message.cancel.workflow_id, message.cancel.attempt))
+            elif kind == "drain":
+                self._handler.drain()
+            else:
+                log.warning("unexpected %s from the scheduler", kind)

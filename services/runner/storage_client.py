@@ -1,0 +1,100 @@
+"""Adapter: the storage service's object streams, as the runner uses them.
+
+    get(key)                       GetObject: the ObjectRef first, then the byte chunks
+    put(key, content_type, chunks) PutObject: a header, then chunks of at most 1 MiB
+
+`ObjectStore` is the small interface executions depend on; `StorageClient` implements it
+over a grpc.aio channel. gRPC failures become `StorageError` (with the domain error the
+server raised as its cause).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+from comfyfleet.storage.v1 import object_pb2, storage_service_pb2, storage_service_pb2_grpc
+
+from services.common.errors import from_rpc_error
+from services.common.grpc_server import CHANNEL_OPTIONS
+from services.runner.errors import StorageError
+
+CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    ref: object_pb2.ObjectRef
+    chunks: AsyncIterator[bytes]
+
+
+class ObjectStore(Protocol):
+    def get(self, key: str) -> contextlib.AbstractAsyncContextManager[StoredObject]: ...
+    async def put(self, key: str, content_type: str, chunks: AsyncIterable[bytes]) -> object_pb2.ObjectRef: ...
+
+
+async def _rechunk(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    """Splits anything bigger than CHUNK_BYTES; skips empty chunks."""
+    async for chunk in chunks:
+        for start in range(0, len(chunk), CHUNK_BYTES):
+            yield chunk[start : start + CHUNK_BYTES]
+
+
+class StorageClient:
+    """`ObjectStore` over a grpc.aio channel to `target`; `close()` it when done."""
+
+    def __init__(self, target: str) -> None:
+        self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._stub = storage_service_pb2_grpc.StorageServiceStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    @contextlib.asynccontextmanager
+    async def get(self, key: str) -> AsyncIterator[StoredObject]:
+        call = self._stub.GetObject(storage_service_pb2.GetObjectRequest(key=key))
+        try:
+            first = await call.read()
+            if first is grpc.aio.EOF or not first.HasField("object"):
+                raise StorageError(f"GetObject {key}: the stream did not start with its ObjectRef")
+
+            async def chunks() -> AsyncIterator[bytes]:
+                try:
+                    while True:
+                        message = await call.read()
+                        if message is grpc.aio.EOF:
+                            return
+                        if message.chunk:
+                            yield message.chunk
+                except grpc.aio.AioRpcError as err:
+                    raise StorageError(f"GetObject {key}: {from_rpc_error(err).message}") from err
+
+            yield StoredObject(ref=first.object, chunks=chunks())
+        except grpc.aio.AioRpcError as err:
+            raise StorageError(f"GetObject {key}: {from_rpc_error(err).message}") from err
+        finally:
+            call.cancel()
+
+    async def put(self, key: str, content_type: str, chunks: AsyncIterable[bytes]) -> object_pb2.ObjectRef:
+        # Explicit writes, so that a failing source (e.g. ComfyUI gone mid-download) raises
+        # its own error here and the unfinished call is cancelled (nothing is stored).
+        call = self._stub.PutObject()
+        done = False
+        try:
+            header = storage_service_pb2.PutObjectHeader(key=key, content_type=content_type)
+            await call.write(storage_service_pb2.PutObjectRequest(header=header))
+            async for chunk in _rechunk(chunks):
+                if chunk:
+                    await call.write(storage_service_pb2.PutObjectRequest(chunk=chunk))
+            await call.done_writing()
+            response = await call
+            done = True
+        except grpc.aio.AioRpcError as err:
+            raise StorageError(f"PutObject {key}: {from_rpc_error(err).message}") from err
+        finally:
+            if not done:
+                call.cancel()
+        return response.object
