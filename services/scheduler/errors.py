@@ -4,7 +4,8 @@
     ├── InvalidArgument  ── InvalidWorkflow (reason INVALID_WORKFLOW), InvalidPlaceholder
     ├── Unauthenticated
     ├── NotFound         ── WorkflowNotFound (reason WORKFLOW_NOT_FOUND)
-    └── Conflict         ── IllegalTransition (reason ILLEGAL_TRANSITION), AlreadyTerminal
+    └── Conflict         ── IllegalTransition (reason ILLEGAL_TRANSITION), AlreadyTerminal,
+                            WorkflowExists (reason WORKFLOW_EXISTS)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "PermissionDenied",
     "Unauthenticated",
     "Unavailable",
+    "WorkflowExists",
     "WorkflowNotFound",
 ]
 
@@ -56,3 +58,12 @@ class IllegalTransition(Conflict):
 
 class AlreadyTerminal(Conflict):
     default_reason = "WORKFLOW_TERMINAL"
+
+
+class WorkflowExists(Conflict):
+    """CreateWorkflow with an id that is already taken (the caller chooses ids)."""
+
+    default_reason = "WORKFLOW_EXISTS"
+
+    def __init__(self, workflow_id: str) -> None:
+        super().__init__("a workflow with this id already exists", details=[{"id": workflow_id}])

@@ -162,8 +162,15 @@ class RunnerSessionServicer(session_grpc.RunnerSessionServiceServicer):
             session.last_heard = now
             kind = message.WhichOneof("message")
             if kind == "event":
+                # An event that arrived is applied and published whole, even if the session ends
+                # meanwhile: a change committed but never published would leave watchers waiting
+                # for a terminal event they never get.
+                applying = asyncio.ensure_future(self.execution.on_event(session, message.event))
                 try:
-                    await self.execution.on_event(session, message.event)
+                    await asyncio.shield(applying)
+                except asyncio.CancelledError:
+                    self.store.db.adopt(applying)
+                    raise
                 except Exception:
                     log.exception("event from runner %s could not be applied", session.name)
             elif kind == "heartbeat" and now - last_touch > 30:

@@ -197,6 +197,10 @@ class Workflows:
                         return
                 if len(batch) < 500:
                     break
+            # Resuming at or past the end of a finished workflow: nothing more will come.
+            row, _ = await self.store.get(req.id)
+            if Status(row.status).terminal and row.last_seq <= last:
+                return
             while True:
                 live = await watcher.queue.get()
                 if live is OVERFLOW:

@@ -30,7 +30,7 @@ _CHOICE = re.compile(rf"^[$#]choice\(\s*({NAME})\s*,(.*)\)$", re.DOTALL)
 _FILE = re.compile(rf"^\$file\(\s*({NAME})\s*\)$")
 _RANDOM = re.compile(r"^\$random\(\s*\)$")
 _TIMESTAMP = re.compile(r"^\$timestamp\(\s*\)$")
-_LOOKS_LIKE = re.compile(r"^[$#](text|choice|file|random|timestamp)\(")
+_LOOKS_LIKE = re.compile(r"^[$#](text|choice|file|random|timestamp)\(.*\)$", re.DOTALL)
 _FIELD_NAME = re.compile(rf"^{NAME}$")
 
 
@@ -70,7 +70,7 @@ def _parse(node_id: str, input_name: str, value: str) -> Placeholder | None:
         if not 2 <= len(options) <= 4 or any(not o for o in options):
             raise InvalidPlaceholder(
                 f"{value!r} in node {node_id} must list 2 to 4 non-empty options",
-                details=[{"node_id": node_id, "input": input_name, "placeholder": value}],
+                details=[{"field": f"#{m.group(1)}", "node_id": node_id, "input": input_name, "placeholder": value}],
             )
         return Placeholder(node_id, input_name, value, Kind.CHOICE, m.group(1), None, options)
     if m := _FILE.match(value):
@@ -130,6 +130,10 @@ def bind(placeholders: list[Placeholder], fields: list[FieldValue]) -> Binding:
             raise _bad(f"{f_name} is used as both {' and '.join(sorted(kinds))} placeholder", f_name)
         if group[0].kind is Kind.CHOICE and len({p.options for p in group}) > 1:
             raise _bad(f"{f_name} is used with different option lists", f_name)
+        # One field has one default (or none): otherwise whether it is required, and which
+        # default fills it, would depend on the order of the nodes in the JSON.
+        if group[0].kind is Kind.TEXT and len({p.default for p in group}) > 1:
+            raise _bad(f"{f_name} is used with different defaults", f_name)
 
     binding = Binding()
     for f in fields:

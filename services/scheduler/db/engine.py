@@ -8,10 +8,11 @@ writer at a time (`write_lock`), which is what SQLite supports anyway.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
@@ -19,9 +20,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from services.common.errors import ComfyfleetError
 from services.scheduler.db import models
 
 log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def _v1_initial(conn: Connection) -> None:
@@ -67,12 +72,27 @@ class Database:
         self.sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
         # SQLite has one writer; serialising writes here avoids "database is locked".
         self.write_lock = asyncio.Lock()
+        # Operations whose callers were cancelled, still finishing (see runs_to_completion).
+        self._orphans: set[asyncio.Future[Any]] = set()
 
     async def migrate(self) -> None:
         async with self.engine.begin() as conn:
             await conn.run_sync(_migrate)
 
+    def adopt(self, operation: asyncio.Future[Any]) -> None:
+        """Owns an operation nobody awaits any more, until it ends."""
+        self._orphans.add(operation)
+        operation.add_done_callback(self._orphan_done)
+
+    def _orphan_done(self, operation: asyncio.Future[Any]) -> None:
+        self._orphans.discard(operation)
+        if not operation.cancelled() and (err := operation.exception()) is not None:
+            if not isinstance(err, ComfyfleetError):
+                log.warning("database operation of a cancelled call failed: %s", err)
+
     async def close(self) -> None:
+        if self._orphans:
+            await asyncio.wait(set(self._orphans), timeout=5)
         await self.engine.dispose()
 
 
@@ -83,3 +103,34 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA busy_timeout=5000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+
+
+class _Store(Protocol):
+    db: Database
+
+
+S = TypeVar("S", bound=_Store)
+
+
+def runs_to_completion(
+    operation: Callable[Concatenate[S, P], Awaitable[T]],
+) -> Callable[Concatenate[S, P], Awaitable[T]]:
+    """Decorates a store method: the database work finishes even when its caller is cancelled
+    (a client hangs up, a deadline passes, a session ends); the caller still gets the
+    CancelledError at once, and `Database.close` waits for the work it left behind.
+
+    Cancelling SQLAlchemy's aiosqlite adapter in the middle of a statement invalidates the
+    connection, and with aiosqlite >= 0.22 its shielded graceful close can wait forever: a
+    task leaks per cancelled call and the event loop cannot shut down.
+    """
+
+    @functools.wraps(operation)
+    async def shielded(store: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        task = asyncio.ensure_future(operation(store, *args, **kwargs))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            store.db.adopt(task)
+            raise
+
+    return shielded

@@ -14,7 +14,7 @@ from datetime import timedelta
 
 from sqlmodel import select
 
-from services.scheduler.db.engine import Database
+from services.scheduler.db.engine import Database, runs_to_completion
 from services.scheduler.db.models import RunnerRow, TokenRow, UserRow
 from services.scheduler.errors import Unauthenticated
 from services.scheduler.records import utcnow
@@ -35,6 +35,7 @@ class IdentityStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
+    @runs_to_completion
     async def create_user(self, name: str, *, tier: str = "free", email: str = "", is_admin: bool = False) -> UserRow:
         now = utcnow()
         row = UserRow(id=str(uuid.uuid4()), name=name, email=email, tier=tier, is_admin=is_admin,
@@ -43,10 +44,12 @@ class IdentityStore:
             s.add(row)
         return row
 
+    @runs_to_completion
     async def user_by_name(self, name: str) -> UserRow | None:
         async with self.db.sessions() as s:
             return (await s.exec(select(UserRow).where(UserRow.name == name))).first()
 
+    @runs_to_completion
     async def issue_token(self, user_id: str, kind: str, ttl: timedelta | None = None) -> str:
         token = new_token()
         now = utcnow()
@@ -56,6 +59,7 @@ class IdentityStore:
             s.add(row)
         return token
 
+    @runs_to_completion
     async def authenticate(self, token: str, kind: str) -> UserRow:
         """The user owning `token` of `kind`; Unauthenticated if unknown, expired or the wrong kind."""
         if not token:
@@ -79,6 +83,7 @@ class IdentityStore:
                     s.add(fresh)
         return user
 
+    @runs_to_completion
     async def upsert_runner(
         self, user_id: str, name: str, *, tags: list[str], slots: int, comfyui_version: str, digest: str
     ) -> RunnerRow:
@@ -97,10 +102,12 @@ class IdentityStore:
             s.add(row)
         return row
 
+    @runs_to_completion
     async def runners_of(self, user_id: str) -> list[RunnerRow]:
         async with self.db.sessions() as s:
             return list((await s.exec(select(RunnerRow).where(RunnerRow.user_id == user_id))).all())
 
+    @runs_to_completion
     async def touch_runner(self, runner_id: str) -> None:
         async with self.db.write_lock, self.db.sessions() as s, s.begin():
             row = await s.get(RunnerRow, runner_id)

@@ -18,9 +18,9 @@ from sqlalchemy import func
 from sqlmodel import col, select
 
 from services.scheduler.core.state import TERMINAL, Status
-from services.scheduler.db.engine import Database
+from services.scheduler.db.engine import Database, runs_to_completion
 from services.scheduler.db.models import EventRow, OutputRow, WorkflowRow
-from services.scheduler.errors import WorkflowNotFound
+from services.scheduler.errors import WorkflowExists, WorkflowNotFound
 from services.scheduler.records import utcnow, workflow_pb
 
 _OPEN = [s.value for s in Status if s not in TERMINAL]
@@ -43,18 +43,25 @@ class WorkflowStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
+    @runs_to_completion
     async def create(self, row: WorkflowRow) -> Change:
         """Inserts a new workflow with its first event (status accepted)."""
         async with self.db.write_lock, self.db.sessions() as s, s.begin():
+            if await s.get(WorkflowRow, row.id) is not None:
+                raise WorkflowExists(row.id)
             row.last_seq = 1
             event = workflow_pb2.WorkflowEvent(
                 workflow_id=row.id, seq=1, status=workflow_pb2.StatusEvent(workflow=workflow_pb(row))
             )
             event.time.FromDatetime(row.created_at.replace(tzinfo=UTC))
             s.add(row)
+            # The tables have no relationship(), so the unit of work does not order the inserts by
+            # foreign key: the workflow must be written before its first event references it.
+            await s.flush()
             s.add(EventRow(workflow_id=row.id, seq=1, payload=event.SerializeToString(), created_at=row.created_at))
         return Change(row, [event])
 
+    @runs_to_completion
     async def change(self, workflow_id: str, mutate: Mutation, *, new_outputs: Sequence[OutputRow] = ()) -> Change:
         async with self.db.write_lock, self.db.sessions() as s, s.begin():
             row = await s.get(WorkflowRow, workflow_id)
@@ -78,6 +85,7 @@ class WorkflowStore:
             s.add(row)
         return Change(row, events)
 
+    @runs_to_completion
     async def get(self, workflow_id: str, user_id: str | None = None) -> tuple[WorkflowRow, list[OutputRow]]:
         async with self.db.sessions() as s:
             row = await s.get(WorkflowRow, workflow_id)
@@ -86,6 +94,7 @@ class WorkflowStore:
             outputs = (await s.exec(select(OutputRow).where(OutputRow.workflow_id == workflow_id))).all()
             return row, list(outputs)
 
+    @runs_to_completion
     async def list_page(
         self, user_id: str, *, page: int, per_page: int, status: str | None, tag: str | None
     ) -> tuple[list[WorkflowRow], int]:
@@ -103,6 +112,7 @@ class WorkflowStore:
             )
             return list(rows.all()), int(total)
 
+    @runs_to_completion
     async def events_after(
         self, workflow_id: str, after_seq: int, limit: int = 500
     ) -> list[workflow_pb2.WorkflowEvent]:
@@ -115,6 +125,7 @@ class WorkflowStore:
             )
             return [workflow_pb2.WorkflowEvent.FromString(r.payload) for r in rows.all()]
 
+    @runs_to_completion
     async def pending(self, limit: int) -> list[WorkflowRow]:
         """Accepted and not bound to a runner: high priority first, then oldest."""
         async with self.db.sessions() as s:
@@ -126,6 +137,7 @@ class WorkflowStore:
             )
             return list(rows.all())
 
+    @runs_to_completion
     async def open_on_runners(self) -> dict[str, list[WorkflowRow]]:
         """Unfinished workflows bound to a runner, by runner id."""
         async with self.db.sessions() as s:
