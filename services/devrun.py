@@ -130,6 +130,9 @@ class Suite:
             return grpc_ready(f"127.0.0.1:{self.scheduler_port}") and (self.var_dir / "dev-token").exists()
         if name == "gateway":
             return http_ready(f"{self.gateway_url}/healthz")
+        if name == "runner":
+            log = self.var_dir / "runner.log"
+            return log.exists() and "welcomed as runner" in log.read_text(errors="replace")
         return True
 
     def up(self) -> None:
@@ -139,6 +142,7 @@ class Suite:
             self.wait_ready(name)
         if self.comfyui_url:
             self.start("runner")
+            self.wait_ready("runner")
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs.get(name)

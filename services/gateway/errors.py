@@ -68,14 +68,20 @@ class OutcomeUnknown(Unavailable):
     default_reason = "DEADLINE_EXCEEDED"
 
 
-def from_grpc(err: grpc.aio.AioRpcError) -> ComfyfleetError:
-    """The domain error for a failed gRPC call, keeping the server's reason and details."""
+def from_grpc(err: grpc.aio.AioRpcError, service: str) -> ComfyfleetError:
+    """The domain error for a failed call to `service`, keeping the server's reason and details.
+
+    Transport failures (no reason from the server) get a message naming the service instead
+    of gRPC's, which would show internal addresses.
+    """
     code = err.code()
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return OutcomeUnknown(err.details() or "deadline exceeded")
+        return OutcomeUnknown(f"{service} did not answer in time")
     if code == grpc.StatusCode.CANCELLED:
-        return Unavailable(err.details() or "call cancelled", reason="CANCELLED")
+        return Unavailable(f"the call to {service} was cancelled", reason="CANCELLED")
     domain = from_rpc_error(err)
+    if isinstance(domain, Unavailable) and domain.reason == "UNAVAILABLE":
+        return Unavailable(f"{service} is unavailable", reason="UNAVAILABLE")
     retyped: type[ComfyfleetError] | None = {
         grpc.StatusCode.ALREADY_EXISTS: Conflict,
         grpc.StatusCode.ABORTED: Conflict,

@@ -67,7 +67,7 @@ class GrpcWatch:
         try:
             message = await self._call.read()
         except grpc.aio.AioRpcError as err:
-            raise from_grpc(err) from None
+            raise from_grpc(err, "scheduler") from None
         return message if isinstance(message, WatchMessage) else None
 
     def cancel(self) -> None:
@@ -87,7 +87,7 @@ class GrpcScheduler:
                 user_service_pb2.GetUserRequest(), metadata=_metadata(auth), timeout=RPC_TIMEOUT_SECONDS
             )
         except grpc.aio.AioRpcError as err:
-            raise from_grpc(err) from None
+            raise from_grpc(err, "scheduler") from None
         return response.user
 
     async def create_workflow(self, auth: str, request: workflow_service_pb2.CreateWorkflowRequest) -> Workflow:
@@ -96,7 +96,7 @@ class GrpcScheduler:
                 request, metadata=_metadata(auth), timeout=CREATE_TIMEOUT_SECONDS
             )
         except grpc.aio.AioRpcError as err:
-            raise from_grpc(err) from None
+            raise from_grpc(err, "scheduler") from None
         return response.workflow
 
     async def get_workflow(self, auth: str, workflow_id: str) -> Workflow:
@@ -107,7 +107,7 @@ class GrpcScheduler:
                 timeout=RPC_TIMEOUT_SECONDS,
             )
         except grpc.aio.AioRpcError as err:
-            raise from_grpc(err) from None
+            raise from_grpc(err, "scheduler") from None
         return response.workflow
 
     async def list_workflows(
@@ -118,7 +118,7 @@ class GrpcScheduler:
                 request, metadata=_metadata(auth), timeout=RPC_TIMEOUT_SECONDS
             )
         except grpc.aio.AioRpcError as err:
-            raise from_grpc(err) from None
+            raise from_grpc(err, "scheduler") from None
 
     async def cancel_workflow(self, auth: str, workflow_id: str) -> Workflow:
         try:
@@ -128,7 +128,7 @@ class GrpcScheduler:
                 timeout=RPC_TIMEOUT_SECONDS,
             )
         except grpc.aio.AioRpcError as err:
-            raise from_grpc(err) from None
+            raise from_grpc(err, "scheduler") from None
         return response.workflow
 
     def watch_workflow(self, auth: str, workflow_id: str, *, after_seq: int, from_start: bool) -> GrpcWatch:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
@@ -59,7 +59,7 @@ def _single_line(value: str) -> str:
 
 async def with_keepalive(
     next_item: Callable[[], Awaitable[T | None]], interval: float
-) -> AsyncIterator[T | None]:
+) -> AsyncGenerator[T | None, None]:
     """Yields each item from `next_item()` until it returns None, and a None in between
     whenever `interval` seconds pass without one (the caller writes a keep-alive then).
 

@@ -59,7 +59,7 @@ class GrpcUpload:
             await self._call.done_writing()
             response = await self._call
         except grpc.aio.AioRpcError as err:
-            raise from_grpc(err) from None
+            raise from_grpc(err, "storage") from None
         return response.object
 
     def abort(self) -> None:
@@ -70,13 +70,13 @@ class GrpcUpload:
         try:
             await self._call.write(request)
         except grpc.aio.AioRpcError as err:
-            raise from_grpc(err) from None
+            raise from_grpc(err, "storage") from None
         except asyncio.InvalidStateError:
             # The call ended already (storage refused the object): surface its status.
             try:
                 await self._call
             except grpc.aio.AioRpcError as err:
-                raise from_grpc(err) from None
+                raise from_grpc(err, "storage") from None
             raise Unavailable("storage ended the upload early", reason="STORAGE_UPLOAD_ENDED") from None
 
 
@@ -111,7 +111,7 @@ class GrpcStorage:
         try:
             first = await call.read()
         except grpc.aio.AioRpcError as err:
-            raise from_grpc(err) from None
+            raise from_grpc(err, "storage") from None
         except BaseException:
             call.cancel()
             raise
@@ -126,7 +126,7 @@ class GrpcStorage:
                 storage_service_pb2.DeleteObjectsRequest(prefix=prefix), timeout=RPC_TIMEOUT_SECONDS
             )
         except grpc.aio.AioRpcError as err:
-            raise from_grpc(err) from None
+            raise from_grpc(err, "storage") from None
         return response.deleted_count
 
     async def presign(self, key: str) -> str:
@@ -135,7 +135,7 @@ class GrpcStorage:
                 storage_service_pb2.PresignObjectRequest(key=key), timeout=RPC_TIMEOUT_SECONDS
             )
         except grpc.aio.AioRpcError as err:
-            raise from_grpc(err) from None
+            raise from_grpc(err, "storage") from None
         return response.url
 
 
@@ -150,6 +150,6 @@ async def _chunks(
             if message.HasField("chunk"):
                 yield message.chunk
     except grpc.aio.AioRpcError as err:
-        raise from_grpc(err) from None
+        raise from_grpc(err, "storage") from None
     finally:
         call.cancel()

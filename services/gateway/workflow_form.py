@@ -32,6 +32,7 @@ MAX_TEXT_FIELD_BYTES = 1024 * 1024
 MAX_WORKFLOW_JSON_BYTES = 4 * 1024 * 1024
 FILENAME_MAX_CHARS = 200
 _UNSAFE_FILENAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]{1,127}/[A-Za-z0-9!#$&^_.+-]{1,127}(;[ -~]{0,200})?")
 
 
 def invalid_field(field: str, message: str, *, reason: str = "INVALID_FIELD", **extra: Any) -> InvalidArgument:
@@ -48,11 +49,12 @@ def parse_tags(raw: str) -> list[str]:
             continue
         if not TAG_PATTERN.fullmatch(tag):
             raise invalid_field(
-                "tags", f"invalid tag {tag!r}: 1 to 64 of A-Z a-z 0-9 . _ -", reason="INVALID_TAG", value=tag
+                "tags", f"invalid tag {tag!r} in tags: each tag is 1 to 64 of A-Z a-z 0-9 . _ -",
+                reason="INVALID_TAG", value=tag,
             )
         tags.append(tag)
     if len(tags) > MAX_TAGS:
-        raise invalid_field("tags", f"at most {MAX_TAGS} tags, got {len(tags)}", reason="TOO_MANY_TAGS")
+        raise invalid_field("tags", f"tags: at most {MAX_TAGS} tags, got {len(tags)}", reason="TOO_MANY_TAGS")
     return tags
 
 
@@ -76,13 +78,22 @@ def client_filename(filename: str) -> str:
 
 def sanitise_filename(filename: str) -> str:
     """A storage-safe file name: ASCII letters, digits, `.`, `_`, `-`; never empty or hidden."""
-    ascii_name = unicodedata.normalize("NFKD", client_filename(filename)).encode("ascii", "ignore").decode()
-    safe = _UNSAFE_FILENAME_CHARS.sub("_", ascii_name).lstrip(".")
-    if len(safe) > FILENAME_MAX_CHARS:
-        stem, dot, ext = safe.rpartition(".")
-        keep = ext if dot and len(ext) <= 16 else ""
-        safe = safe[: FILENAME_MAX_CHARS - len(keep) - 1] + "." + keep if keep else safe[:FILENAME_MAX_CHARS]
+    decomposed = unicodedata.normalize("NFKD", client_filename(filename))
+    without_accents = "".join(c for c in decomposed if not unicodedata.combining(c))
+    safe = _UNSAFE_FILENAME_CHARS.sub("_", without_accents).lstrip(".")
+    if len(safe) > FILENAME_MAX_CHARS:  # shorten the stem, keep a short extension
+        _, dot, ext = safe.rpartition(".")
+        suffix = f".{ext}" if dot and len(ext) <= 16 else ""
+        safe = safe[: FILENAME_MAX_CHARS - len(suffix)] + suffix
     return safe if safe.strip("._-") else "file"
+
+
+def media_type(content_type: str | None) -> str:
+    """The part's Content-Type to record with the object, when it looks like one."""
+    value = (content_type or "").strip()
+    if value and _MEDIA_TYPE.fullmatch(value):
+        return value
+    return "application/octet-stream"
 
 
 async def _text(part: Part, *, limit: int = MAX_TEXT_FIELD_BYTES) -> str:
@@ -154,7 +165,7 @@ class CreateForm:
             )
         assert part.filename is not None
         key = f"{self.input_prefix}{param}/{sanitise_filename(part.filename)}"
-        content_type = (part.content_type or "").strip() or "application/octet-stream"
+        content_type = media_type(part.content_type)
         self.stored_files = True
         upload = await self._storage.open_upload(key, content_type, self._max_file_bytes)
         try:

@@ -325,4 +325,4 @@ def test_fill_of_a_graph_without_placeholders_is_a_copy() -> None:
 def test_a_call_followed_by_text_is_not_a_placeholder() -> None:
     # API.md: only a whole string value is a placeholder; anything else is left as it is.
     graph = {"1": {"class_type": "X", "inputs": {"a": "$random() suffix", "b": "prefix_$random()"}}}
-    assert placeholders.scan(graph) == []
+    assert scan(graph) == []
