@@ -1,0 +1,242 @@
+"""The /v1/workflow routes: create (streamed multipart), read, list, cancel, subscribe (SSE), outputs.
+
+Every handler forwards the caller's bearer token to the scheduler, which authenticates it.
+Handlers raise domain errors; services.gateway.errors turns them into the public error body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Iterable
+
+from comfyfleet.scheduler.v1 import workflow_pb2, workflow_service_pb2
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+
+from services.gateway import presenters, sse
+from services.gateway.context import Gateway, bearer, gateway
+from services.gateway.errors import (
+    ComfyfleetError,
+    Conflict,
+    InvalidArgument,
+    NotFound,
+    OutcomeUnknown,
+    TooLarge,
+    Unavailable,
+)
+from services.gateway.multipart import MultipartReader, describe_size
+from services.gateway.scheduler_client import WatchMessage, WorkflowWatch
+from services.gateway.storage_client import Storage
+from services.gateway.workflow_form import TAG_PATTERN, CreateForm, invalid_field
+
+log = logging.getLogger(__name__)
+
+MAX_PER_PAGE = 100
+DEFAULT_PER_PAGE = 10
+_INT32_MAX = 2**31 - 1
+_INT64_MAX = 2**63 - 1
+_DIGITS = re.compile(r"[0-9]{1,19}")
+
+
+async def create_workflow(request: Request) -> Response:
+    """POST /v1/workflow: authenticate, stream the parts (files straight to storage), create."""
+    gw = gateway(request)
+    auth = bearer(request)
+    await gw.scheduler.get_user(auth)  # a bad token is a 401 before any byte of the body is read
+    limit = gw.settings.max_request_bytes
+    reader = MultipartReader(request.headers.get("content-type"), request.stream(), max_body_bytes=limit)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise TooLarge(
+            f"the request is over the limit of {describe_size(limit)}",
+            reason="REQUEST_TOO_LARGE",
+            details=[{"limit_bytes": limit}],
+        )
+    form = CreateForm(str(uuid.uuid4()), gw.storage, max_file_bytes=limit)
+    try:
+        create = await form.read(reader)
+        workflow = await gw.scheduler.create_workflow(auth, create)
+    except ClientDisconnect:
+        await _delete_inputs(gw.storage, form)
+        raise InvalidArgument("the client disconnected during the upload", reason="CLIENT_DISCONNECTED") from None
+    except OutcomeUnknown:
+        # The scheduler may have committed the workflow: its inputs must stay.
+        log.warning("create of workflow %s timed out; its inputs are kept", form.workflow_id)
+        raise
+    except BaseException:
+        await _delete_inputs(gw.storage, form)
+        raise
+    return JSONResponse(
+        presenters.workflow_summary(workflow),
+        status_code=201,
+        headers={"Location": f"/v1/workflow/{workflow.id}"},
+    )
+
+
+async def _delete_inputs(storage: Storage, form: CreateForm) -> None:
+    """Best effort: a failure is logged; storage's retention sweep removes what is left."""
+    if not form.stored_files:
+        return
+    try:
+        await storage.delete_prefix(form.input_prefix)
+    except ComfyfleetError as err:
+        log.warning("could not delete %s: %s", form.input_prefix, err.message)
+
+
+async def get_workflow(request: Request) -> Response:
+    """GET /v1/workflow/{id}: the full record."""
+    gw = gateway(request)
+    workflow = await gw.scheduler.get_workflow(bearer(request), request.path_params["id"])
+    return JSONResponse(presenters.workflow_record(workflow))
+
+
+async def list_workflows(request: Request) -> Response:
+    """GET /v1/workflow?page=&per_page=&status=&tag=: newest first, with the total."""
+    gw = gateway(request)
+    auth = bearer(request)
+    query = request.query_params
+    list_request = workflow_service_pb2.ListWorkflowsRequest(
+        page=_int_param(query.get("page"), "page", default=1, maximum=_INT32_MAX),
+        per_page=_int_param(query.get("per_page"), "per_page", default=DEFAULT_PER_PAGE, maximum=MAX_PER_PAGE),
+    )
+    status = query.get("status")
+    if status:
+        if status not in presenters.STATUS_BY_NAME:
+            raise invalid_field(
+                "status", f"status must be one of {', '.join(presenters.STATUS_BY_NAME)}", value=status
+            )
+        list_request.status = presenters.STATUS_BY_NAME[status]
+    tag = query.get("tag")
+    if tag:
+        if not TAG_PATTERN.fullmatch(tag):
+            raise invalid_field("tag", f"invalid tag {tag!r} in tag: 1 to 64 of A-Z a-z 0-9 . _ -", value=tag)
+        list_request.tag = tag
+    page = await gw.scheduler.list_workflows(auth, list_request)
+    return JSONResponse({
+        "workflows": [presenters.workflow_summary(workflow) for workflow in page.workflows],
+        "total": page.total,
+    })
+
+
+def _int_param(raw: str | None, name: str, *, default: int, maximum: int) -> int:
+    if raw is None or raw == "":
+        return default
+    if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= maximum:
+        raise invalid_field(name, f"{name} must be an integer from 1 to {maximum}", value=raw)
+    return int(raw)
+
+
+async def cancel_workflow(request: Request) -> Response:
+    """POST /v1/workflow/{id}/cancel: 200 with the record; 400 when it already finished."""
+    gw = gateway(request)
+    try:
+        workflow = await gw.scheduler.cancel_workflow(bearer(request), request.path_params["id"])
+    except Conflict as err:  # API.md: cancelling a finished workflow is a 400
+        raise InvalidArgument(err.message, reason=err.reason, details=err.details) from None
+    return JSONResponse(presenters.workflow_record(workflow))
+
+
+async def list_outputs(request: Request) -> Response:
+    """GET /v1/workflow/{id}/outputs: signed URLs of a completed workflow's outputs."""
+    gw = gateway(request)
+    workflow = await gw.scheduler.get_workflow(bearer(request), request.path_params["id"])
+    if workflow.status != workflow_pb2.WORKFLOW_STATUS_COMPLETED:
+        raise NotFound(
+            f"workflow has not completed (status {presenters.status_name(workflow.status)})",
+            reason="WORKFLOW_NOT_COMPLETED",
+        )
+    srcs = await presign_all(gw.storage, presenters.object_keys(workflow))
+    return JSONResponse(presenters.outputs(workflow, srcs))
+
+
+async def presign_all(storage: Storage, keys: Iterable[str]) -> dict[str, str]:
+    """Object key -> fresh signed URL, for each distinct key, concurrently."""
+    unique = list(dict.fromkeys(keys))
+    urls = await asyncio.gather(*(storage.presign(key) for key in unique))
+    return dict(zip(unique, urls, strict=True))
+
+
+async def subscribe(request: Request) -> Response:
+    """GET /v1/workflow/{id}/subscribe: SSE; resumes after Last-Event-ID (or ?last_event_id=)."""
+    gw = gateway(request)
+    auth = bearer(request)
+    workflow_id = request.path_params["id"]
+    last_event_id = _last_event_id(request)
+    first: WatchMessage | None = None
+    if last_event_id is not None:
+        # Resuming: no snapshot, and the next event may be far away, so check the workflow
+        # first to answer 401/404 as JSON rather than as an empty stream.
+        await gw.scheduler.get_workflow(auth, workflow_id)
+        watch = gw.scheduler.watch_workflow(
+            auth, workflow_id, after_seq=last_event_id, from_start=last_event_id == 0
+        )
+    else:
+        watch = gw.scheduler.watch_workflow(auth, workflow_id, after_seq=0, from_start=False)
+        try:
+            first = await watch.next()
+        except BaseException:
+            watch.cancel()
+            raise
+        if first is None:
+            raise Unavailable("the scheduler ended the watch before its snapshot", reason="WATCH_ENDED")
+    return sse.EventStreamResponse(_event_stream(gw, watch, first, workflow_id))
+
+
+def _last_event_id(request: Request) -> int | None:
+    header = request.headers.get("last-event-id")
+    raw = header if header is not None else request.query_params.get("last_event_id")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    if not _DIGITS.fullmatch(raw) or int(raw) > _INT64_MAX:
+        field = "Last-Event-ID" if header is not None else "last_event_id"
+        raise invalid_field(field, f"{field} must be an integer >= 0", value=raw)
+    return int(raw)
+
+
+async def _event_stream(
+    gw: Gateway, watch: WorkflowWatch, first: WatchMessage | None, workflow_id: str
+) -> AsyncIterator[bytes]:
+    """The SSE body: retry, the snapshot (if any), then each event, keep-alives when idle.
+
+    Ends when the watch ends (after the terminal status). An error mid-stream only ends the
+    stream: the client reconnects with Last-Event-ID and misses nothing.
+    """
+    try:
+        yield sse.retry()
+        if first is not None:
+            rendered = await _render(gw.storage, first)
+            if rendered is not None:
+                yield rendered
+        async for message in sse.with_keepalive(watch.next, gw.settings.sse_keepalive_seconds):
+            if message is None:
+                yield sse.comment("keepalive")
+                continue
+            rendered = await _render(gw.storage, message)
+            if rendered is not None:
+                yield rendered
+    except ComfyfleetError as err:
+        log.info("watch of workflow %s ended: %s (%s)", workflow_id, err.message, err.reason)
+    finally:
+        watch.cancel()
+
+
+async def _render(storage: Storage, message: WatchMessage) -> bytes | None:
+    """One SSE frame for one watch message; None for a kind this gateway does not know."""
+    kind = message.WhichOneof("message")
+    if kind == "snapshot":
+        workflow = message.snapshot
+        srcs = await presign_all(storage, presenters.object_keys(workflow))
+        return sse.json_frame(presenters.snapshot(workflow, srcs), event="snapshot", id=workflow.last_seq)
+    if kind == "event":
+        event = message.event
+        srcs = await presign_all(storage, presenters.object_keys(event))
+        framed = presenters.event_frame(event, srcs)
+        if framed is None:
+            return None
+        name, data = framed
+        return sse.json_frame(data, event=name, id=event.seq)
+    return None
