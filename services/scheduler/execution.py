@@ -12,6 +12,7 @@ import json
 import logging
 import secrets
 import time
+import uuid
 from collections.abc import Callable
 
 from comfyfleet.runner.v1 import runner_event_pb2
@@ -162,7 +163,7 @@ class Execution:
         if kind == "output_stored":
             o = event.output_stored
             new_outputs.append(OutputRow(
-                id=f"{event.workflow_id}:{event.attempt}:{o.object.key}",
+                id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{event.workflow_id}/{event.attempt}/{o.object.key}")),
                 workflow_id=event.workflow_id, node_id=o.node_id, filename=o.filename, object_key=o.object.key,
                 size_bytes=o.object.size_bytes, sha256=o.object.sha256, content_type=o.object.content_type,
                 created_at=utcnow(),
