@@ -17,7 +17,7 @@ all: proto
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PY_SYS) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check -r requirements.txt
-	$(PY) -c 'import site,os; open(os.path.join(site.getsitepackages()[0],"comfyfleet-dev.pth"),"w").write("$(CURDIR)\n$(CURDIR)/$(GEN)\n")'
+	$(PY) -c 'import site,os; open(os.path.join(site.getsitepackages()[0],"comfyfleet-dev.pth"),"w").write("$(CURDIR)\n$(CURDIR)/$(GEN)\n$(CURDIR)/sdk\n")'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -41,14 +41,21 @@ $(BUF): package.json package-lock.json
 
 lint: proto $(BUF)
 	$(BUF) lint
-	$(VENV)/bin/ruff check services tests
+	$(VENV)/bin/ruff check services tests deploy
 	$(VENV)/bin/mypy
+	$(PY) -m deploy.k8s.check_chart
 
 test: proto
 	$(PY) -m pytest
 
 run: proto
 	$(PY) -m services.devrun
+
+# Benchmarks (bench/, see bench/__init__.py): figures against baselines measured in the same run.
+# `make bench QUICK=1` takes under a minute; PROFILE=1 writes py-spy profiles to bench/profiles/.
+.PHONY: bench
+bench: proto
+	$(PY) -m bench.run $(if $(QUICK),--quick) $(if $(PROFILE),--profile)
 
 clean:
 	rm -rf $(GEN) var

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from services.devrun import ROOT, Suite, free_port, http_ready
+from tests.deploy.edge import EdgeSuite
 
 NODE_DELAY_MS = 150
 
@@ -37,10 +38,12 @@ def double(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log.close()
 
 
-@pytest.fixture(scope="module")
-def suite(tmp_path_factory: pytest.TempPathFactory, double: str) -> Iterator[Suite]:
+# "envoy": the same public API tests a second time, through Envoy in front of the gateway
+# (tests/deploy/edge.py; suite.gateway_url is then Envoy's listener).
+@pytest.fixture(scope="module", params=["direct", "envoy"])
+def suite(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, double: str) -> Iterator[Suite]:
     var: Path = tmp_path_factory.mktemp("var")
-    s = Suite(
+    s = (EdgeSuite if request.param == "envoy" else Suite)(
         var_dir=var,
         scheduler_port=free_port(),
         storage_port=free_port(),
