@@ -9,9 +9,13 @@
     execution.py         one Assignment end to end on ComfyUI
     output_store.py      outputs from ComfyUI's /view into storage
     comfyui_feed.py      the one websocket to ComfyUI, demultiplexed by prompt id
+    comfyui_watch.py     readiness: no Hello until ComfyUI answers; its version and node schemas
     comfyui_client.py    adapter: ComfyUI's HTTP API and websocket (aiohttp)
     storage_client.py    adapter: the storage service's object streams
     comfyui_messages.py  pure: ComfyUI messages and history -> steps of one prompt
     prompt_graph.py      pure: $file substitution, node errors, queue position
+    media_types.py       pure: an output's content type from its extension
+    (services/common/comfy_schemas.py: /object_info parsing and value coercion;
+     services/common/comfy_graph.py: UI-format -> API-format conversion; both pure, shared)
     events.py            RunnerEvent builders
 """

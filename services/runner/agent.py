@@ -1,7 +1,8 @@
 """The runner agent: the executions it holds, its slots, and what the scheduler asks of it.
 
 The session hands it `Assignment`, `Cancel`, `Drain` and `Welcome.abandon`; it asks it what
-it holds (for Hello) and how much is in flight (for Heartbeat). An assignment is held from the
+it holds (for Hello) and how much is in flight (for Heartbeat); when ComfyUI becomes
+unreachable it has it hand back what ComfyUI was never sent. An assignment is held from the
 moment it arrives until its terminal event is emitted; at most `slots` of them run at once,
 the rest wait for a slot in arrival order.
 """
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Mapping
 
 from comfyfleet.runner.v1 import runner_session_service_pb2 as session_pb2
 
+from services.common.comfy_schemas import NodeSchema
 from services.runner.comfyui_client import ComfyUI
 from services.runner.comfyui_feed import ComfyUIFeed
 from services.runner.execution import Execution, ExecutionSettings
@@ -32,12 +35,14 @@ class RunnerAgent:
         outbox: Outbox,
         slots: int,
         settings: ExecutionSettings,
+        schemas: Callable[[], Mapping[str, NodeSchema]] = dict,
     ) -> None:
         self._comfyui = comfyui
         self._feed = feed
         self._storage = storage
         self._outbox = outbox
         self._settings = settings
+        self._schemas = schemas
         self._slots = asyncio.Semaphore(slots)
         self._executions: dict[WorkflowKey, Execution] = {}
         self._draining = False
@@ -69,6 +74,7 @@ class RunnerAgent:
             storage=self._storage,
             emit=self._outbox.emit,
             settings=self._settings,
+            schemas=self._schemas,
         )
         self._executions[key] = execution
         self._idle.clear()
@@ -89,6 +95,13 @@ class RunnerAgent:
             log.info("cancel of %s, which is not held", key)
             return
         execution.cancel()
+
+    async def hand_back_unstarted(self, reason: str, timeout_s: float = 2.0) -> None:
+        """Gives back (`handed_back` events) every held execution ComfyUI was not sent yet."""
+        tasks = [e.task for e in self._executions.values() if e.hand_back(reason) and e.task is not None]
+        if tasks:
+            log.info("handing back %d assignment(s): %s", len(tasks), reason)
+            await asyncio.wait(tasks, timeout=timeout_s)
 
     def abandon(self, keys: set[WorkflowKey]) -> None:
         """The scheduler gave these up: cancel them in ComfyUI, report nothing."""

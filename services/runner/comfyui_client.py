@@ -3,7 +3,7 @@
 Only what the runner needs, shaped by the recordings in `shared/comfyui-transcripts`:
 
     GET  /system_stats        -> comfyui_version             (system.comfyui_version)
-    GET  /object_info         -> sha256 of the body
+    GET  /object_info         -> ObjectInfo: sha256 of the body and the parsed node schemas
     POST /upload/image        -> UploadedImage               (multipart `image`, `subfolder`, `type`)
     POST /prompt              -> PromptAccepted | ComfyUIRejected (400) | ComfyUIServerError
     GET  /queue               -> QueueSnapshot
@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from services.common.comfy_schemas import NodeSchema, parse_object_info
 from services.runner.comfyui_messages import OutputFile
 from services.runner.errors import ComfyUIRejected, ComfyUIServerError, ComfyUIUnreachable
 from services.runner.prompt_graph import QueueSnapshot, parse_queue
@@ -59,6 +60,14 @@ class PromptAccepted:
 
 
 @dataclass(frozen=True)
+class ObjectInfo:
+    """What `/object_info` said: its digest (to tell node sets apart) and the node schemas."""
+
+    digest: str
+    schemas: Mapping[str, NodeSchema]
+
+
+@dataclass(frozen=True)
 class Download:
     content_type: str
     chunks: AsyncIterator[bytes]
@@ -68,7 +77,7 @@ class ComfyUI(Protocol):
     """What the runner asks of one ComfyUI."""
 
     async def comfyui_version(self) -> str: ...
-    async def object_info_digest(self) -> str: ...
+    async def object_info(self) -> ObjectInfo: ...
     async def upload_image(
         self, filename: str, content_type: str, chunks: AsyncIterable[bytes], *, subfolder: str
     ) -> UploadedImage: ...
@@ -82,6 +91,7 @@ class ComfyUI(Protocol):
 
 
 _UNREACHABLE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
+_NOT_CONNECTED = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 
 class ComfyUIClient:
@@ -113,15 +123,18 @@ class ComfyUIClient:
                 except json.JSONDecodeError:
                     raise ComfyUIServerError(f"{method} {path}: not JSON", status=resp.status, text=text) from None
         except _UNREACHABLE as err:
-            raise ComfyUIUnreachable(f"{method} {path}: {err or type(err).__name__}") from err
+            raise ComfyUIUnreachable(
+                f"{method} {path}: {err or type(err).__name__}", connect_failed=isinstance(err, _NOT_CONNECTED)
+            ) from err
 
     async def comfyui_version(self) -> str:
         body = await self._json("GET", "/system_stats")
         system = body.get("system") if isinstance(body, dict) else None
         return str(system.get("comfyui_version") or "") if isinstance(system, dict) else ""
 
-    async def object_info_digest(self) -> str:
+    async def object_info(self) -> ObjectInfo:
         digest = hashlib.sha256()
+        body = bytearray()
         try:
             async with self._session.get(self._url("/object_info")) as resp:
                 if resp.status != 200:
@@ -130,9 +143,15 @@ class ComfyUIClient:
                     )
                 async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
                     digest.update(chunk)
+                    body.extend(chunk)
         except _UNREACHABLE as err:
             raise ComfyUIUnreachable(f"GET /object_info: {err or type(err).__name__}") from err
-        return digest.hexdigest()
+        try:
+            parsed = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ComfyUIServerError("GET /object_info: not JSON", status=200, text=bytes(body[:200]).decode(
+                "utf-8", "replace")) from None
+        return ObjectInfo(digest=digest.hexdigest(), schemas=parse_object_info(parsed))
 
     async def upload_image(
         self, filename: str, content_type: str, chunks: AsyncIterable[bytes], *, subfolder: str
@@ -156,7 +175,9 @@ class ComfyUIClient:
                 text = await resp.text()
                 status = resp.status
         except _UNREACHABLE as err:
-            raise ComfyUIUnreachable(f"POST /prompt: {err or type(err).__name__}") from err
+            raise ComfyUIUnreachable(
+                f"POST /prompt: {err or type(err).__name__}", connect_failed=isinstance(err, _NOT_CONNECTED)
+            ) from err
         try:
             body = json.loads(text) if text else None
         except json.JSONDecodeError:

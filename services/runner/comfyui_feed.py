@@ -11,6 +11,8 @@ the prompt, and receives:
     FeedUp()                 the socket is back; reconcile with /queue and /history
 
 Messages of prompts nobody subscribed (other clients, finished prompts) are dropped.
+`generation` counts the times the socket opened; `wait_change` returns when it opens or closes
+(the runner's readiness follows it: see comfyui_watch.py).
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ class ComfyUIFeed:
         self._clock = clock
         self._inboxes: dict[str, asyncio.Queue[Any]] = {}
         self._connected = asyncio.Event()
+        self._change = asyncio.Event()
+        self.generation = 0
 
     @property
     def connected(self) -> bool:
@@ -91,6 +95,14 @@ class ComfyUIFeed:
             return False
         return True
 
+    async def wait_change(self) -> None:
+        """Returns the next time the socket opens or closes."""
+        await self._change.wait()
+
+    def _changed(self) -> None:
+        self._change.set()
+        self._change = asyncio.Event()
+
     def _broadcast(self, item: FeedItem) -> None:
         for inbox in list(self._inboxes.values()):
             inbox.put_nowait(item)
@@ -102,7 +114,9 @@ class ComfyUIFeed:
             try:
                 async with self._comfyui.websocket(self.client_id) as messages:
                     attempt = 0
+                    self.generation += 1
                     self._connected.set()
+                    self._changed()
                     log.info("ComfyUI websocket open (clientId %s)", self.client_id)
                     self._broadcast(FeedUp())
                     async for message in messages:
@@ -114,6 +128,7 @@ class ComfyUIFeed:
             finally:
                 if self._connected.is_set():
                     self._connected.clear()
+                    self._changed()
                     log.warning("ComfyUI websocket closed")
                     self._broadcast(FeedDown())
             await asyncio.sleep(self._backoff.delay(attempt, random.random()))

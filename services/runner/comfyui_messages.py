@@ -5,6 +5,7 @@ they arrived, and answers with `Step`s, the runner's view of that prompt:
 
     execution_start          -> PromptStarted
     executing {node: id}     -> NodeStarted(id, class_type from the prompt)
+    execution_cached         -> NodesCached(ids), when ComfyUI served any node from its cache
     executing {node: null}   -> nothing (the terminal event came first)
     progress                 -> NodeProgress, at most one per node per `progress_interval_s`;
                                 a held-back tick goes out before the next step or when due
@@ -12,7 +13,7 @@ they arrived, and answers with `Step`s, the runner's view of that prompt:
     execution_success        -> PromptSucceeded(every remembered output)
     execution_error          -> PromptFailed(node, exception type/message, traceback)
     execution_interrupted    -> PromptInterrupted
-    anything else            -> nothing (execution_cached, progress_state, ...)
+    anything else            -> nothing (progress_state, status, ...)
 
 Any message of the prompt implies it started, so a missed `execution_start` (a websocket
 reconnect) still yields `PromptStarted` first. After a terminal step every message is ignored.
@@ -49,6 +50,11 @@ class NodeStarted:
 
 
 @dataclass(frozen=True)
+class NodesCached:
+    node_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class NodeProgress:
     node_id: str
     node_type: str
@@ -76,7 +82,7 @@ class PromptInterrupted:
     node_type: str = ""
 
 
-Step = PromptStarted | NodeStarted | NodeProgress | PromptSucceeded | PromptFailed | PromptInterrupted
+Step = PromptStarted | NodesCached | NodeStarted | NodeProgress | PromptSucceeded | PromptFailed | PromptInterrupted
 TERMINAL = (PromptSucceeded, PromptFailed, PromptInterrupted)
 
 
@@ -157,7 +163,11 @@ class PromptTracker:
         if kind not in _MEANINGFUL:
             return []
         steps = self._start() + self._release_all()
-        if kind == "executing":
+        if kind == "execution_cached":
+            nodes = data.get("nodes")
+            if isinstance(nodes, list) and nodes:
+                steps.append(NodesCached(tuple(str(n) for n in nodes)))
+        elif kind == "executing":
             node = data.get("node")
             if node is not None:
                 node_id = str(node)
@@ -257,8 +267,9 @@ class PromptTracker:
 
 
 _MEANINGFUL = frozenset(
-    {"execution_start", "executing", "executed", "execution_success", "execution_error", "execution_interrupted"}
+    {"execution_start", "execution_cached", "executing", "executed", "execution_success", "execution_error",
+     "execution_interrupted"}
 )
-# What the websocket feed routes to a prompt; everything else (progress_state, previews,
-# execution_cached) is dropped before it reaches an execution.
+# What the websocket feed routes to a prompt; everything else (progress_state, previews) is
+# dropped before it reaches an execution.
 ROUTED_TYPES = _MEANINGFUL | {"progress"}

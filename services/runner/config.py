@@ -12,6 +12,9 @@ Every flag has an environment variable; a flag given on the command line wins ov
     --token-file      RUNNER_TOKEN_FILE       file holding the runner token
     --comfyui-down-timeout  RUNNER_COMFYUI_DOWN_TIMEOUT  seconds ComfyUI may stay unreachable
                                               before its running prompts fail  60
+    --comfyui-unready-after RUNNER_COMFYUI_UNREADY_AFTER seconds ComfyUI may stay unreachable
+                                              before the runner leaves the scheduler (unready)
+                                              and hands back what ComfyUI never got  5
     --drain-timeout   RUNNER_DRAIN_TIMEOUT    seconds to let held work finish on SIGTERM  30
     --log-level       RUNNER_LOG_LEVEL        logging level                    INFO
 
@@ -52,6 +55,9 @@ class RunnerSettings:
     token: str = ""
     # How long ComfyUI may stay unreachable before the prompts it holds are failed.
     comfyui_down_timeout_s: float = 60.0
+    # ComfyUI unreachable this long: the runner leaves the scheduler (unready, takes no work)
+    # and hands back assignments that ComfyUI never took.
+    comfyui_unready_after_s: float = 5.0
     # On SIGTERM: how long held work may take to finish before it is cancelled.
     drain_timeout_s: float = 30.0
     log_level: str = "INFO"
@@ -82,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="runner token (RUNNER_TOKEN)")
     p.add_argument("--token-file", help="file holding the runner token (RUNNER_TOKEN_FILE)")
     p.add_argument("--comfyui-down-timeout", help="seconds (RUNNER_COMFYUI_DOWN_TIMEOUT)")
+    p.add_argument("--comfyui-unready-after", help="seconds (RUNNER_COMFYUI_UNREADY_AFTER)")
     p.add_argument("--drain-timeout", help="seconds (RUNNER_DRAIN_TIMEOUT)")
     p.add_argument("--log-level", help="logging level (RUNNER_LOG_LEVEL)")
     return p
@@ -145,6 +152,7 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> RunnerSett
 
     down = pick(args.comfyui_down_timeout, "RUNNER_COMFYUI_DOWN_TIMEOUT")
     drain = pick(args.drain_timeout, "RUNNER_DRAIN_TIMEOUT")
+    unready = pick(args.comfyui_unready_after, "RUNNER_COMFYUI_UNREADY_AFTER")
     return RunnerSettings(
         scheduler=pick(args.scheduler, "RUNNER_SCHEDULER") or defaults.scheduler,
         storage=pick(args.storage, "RUNNER_STORAGE") or defaults.storage,
@@ -155,5 +163,6 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> RunnerSett
         token=token,
         comfyui_down_timeout_s=_positive_float("comfyui down timeout", down) if down else 60.0,
         drain_timeout_s=_positive_float("drain timeout", drain) if drain else 30.0,
+        comfyui_unready_after_s=_positive_float("comfyui unready after", unready) if unready else 5.0,
         log_level=(pick(args.log_level, "RUNNER_LOG_LEVEL") or "INFO").upper(),
     )

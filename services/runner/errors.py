@@ -39,9 +39,16 @@ class ComfyUIError(RunnerError):
 
 
 class ComfyUIUnreachable(ComfyUIError):
-    """No answer from ComfyUI: refused, reset, or timed out."""
+    """No answer from ComfyUI: refused, reset, or timed out.
+
+    `connect_failed` is True when no connection was made at all (refused, no route): the
+    request certainly did not reach ComfyUI, so e.g. a prompt was certainly not queued."""
 
     default_reason = "COMFYUI_UNREACHABLE"
+
+    def __init__(self, message: str, *, connect_failed: bool = False) -> None:
+        super().__init__(message)
+        self.connect_failed = connect_failed
 
 
 class ComfyUIRejected(ComfyUIError):

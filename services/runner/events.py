@@ -11,7 +11,7 @@ from comfyfleet.runner.v1 import runner_event_pb2 as ev
 from comfyfleet.scheduler.v1 import workflow_pb2
 from comfyfleet.storage.v1 import object_pb2
 
-from services.runner.comfyui_messages import NodeProgress, NodeStarted, PromptFailed
+from services.runner.comfyui_messages import NodeProgress, NodesCached, NodeStarted, PromptFailed
 from services.runner.prompt_graph import NodeErrorInfo
 
 RunnerEvent = ev.RunnerEvent
@@ -94,5 +94,15 @@ def cancelled() -> RunnerEvent:
     return RunnerEvent(cancelled=ev.Cancelled())
 
 
+def handed_back(reason: str) -> RunnerEvent:
+    return RunnerEvent(handed_back=ev.HandedBack(reason=reason))
+
+
 def warning(message: str) -> RunnerEvent:
     return RunnerEvent(log=ev.Log(level=workflow_pb2.LOG_LEVEL_WARNING, message=message))
+
+
+def cached(step: NodesCached) -> RunnerEvent:
+    nodes = ", ".join(step.node_ids)
+    message = f"served from ComfyUI's cache: node(s) {nodes}"
+    return RunnerEvent(log=ev.Log(level=workflow_pb2.LOG_LEVEL_INFO, message=message))

@@ -1,18 +1,25 @@
 """One Assignment, end to end, on this runner's ComfyUI.
 
     waiting    for a free slot (never more than `slots` executions past this point)
-    preparing  each input: storage GetObject -> POST /upload/image (subfolder = workflow id);
+    preparing  a UI-format (editor) workflow is converted with ComfyUI's schemas (comfy_graph)
+               or invalid; each input: storage GetObject -> POST /upload/image (subfolder = workflow id);
                `$file(param)` values become "<subfolder>/<name>"          -> uploaded
-    submitting POST /prompt {prompt, client_id, prompt_id (ours)}, websocket already open
-               400 -> invalid; 500/other -> failed; refused -> failed ComfyUIUnreachable
+    submitting values coerced to the node input types (comfy_schemas.coerce_prompt), then
+               POST /prompt {prompt, client_id, prompt_id (ours)}, websocket already open
+               400 -> invalid; 500/other -> failed; reset mid-request -> failed ComfyUIUnreachable
     queued     position from GET /queue, re-read when a `status` broadcast changes the count
     running    websocket messages -> events (comfyui_messages.PromptTracker)
     storing    each output: GET /view -> storage PutObject -> output_stored; then completed
 
+Handed back (run it elsewhere) when ComfyUI never took the prompt: its websocket is not open
+within `comfyui_unready_after_s`, an upload finds it unreachable, POST /prompt cannot connect,
+or it restarted and lost the prompt before running any of it.
+
 Cancel: waiting/preparing -> stop; queued -> delete from ComfyUI's queue; running ->
 targeted interrupt (its execution_interrupted ends it). Each ends in `cancelled`.
 ComfyUI gone: the websocket feed says FeedDown/FeedUp. Once back, the prompt is reconciled
-with GET /queue and GET /history/{id}; a prompt in neither failed (ComfyUIRestarted). Down for
+with GET /queue and GET /history/{id}; a prompt in neither that had started failed
+(ComfyUIRestarted), one that had not is handed back. Down for
 longer than `comfyui_down_timeout_s` -> failed (ComfyUIUnreachable). With no message for
 `poll_interval_s`, the same reconciliation runs, so no prompt waits forever on a lost message.
 """
@@ -24,17 +31,20 @@ import enum
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from comfyfleet.runner.v1 import runner_session_service_pb2 as session_pb2
 
+from services.common.comfy_graph import is_ui_workflow
+from services.common.comfy_schemas import NodeSchema, coerce_prompt
 from services.runner import events
 from services.runner.comfyui_client import ComfyUI
 from services.runner.comfyui_feed import ComfyUIFeed, FeedDown, FeedUp, QueueStatus, WsMessage
 from services.runner.comfyui_messages import (
     NodeProgress,
+    NodesCached,
     NodeStarted,
     PromptFailed,
     PromptInterrupted,
@@ -54,6 +64,7 @@ from services.runner.errors import (
 from services.runner.outbox import WorkflowKey
 from services.runner.output_store import store_outputs
 from services.runner.prompt_graph import (
+    from_ui_format,
     node_errors,
     node_errors_summary,
     node_types,
@@ -82,6 +93,7 @@ class ExecutionSettings:
     progress_interval_s: float = 0.1
     poll_interval_s: float = 15.0
     comfyui_down_timeout_s: float = 60.0
+    comfyui_unready_after_s: float = 5.0
 
 
 class _Finished(Exception):
@@ -103,6 +115,7 @@ class Execution:
         storage: ObjectStore,
         emit: Callable[[WorkflowKey, events.RunnerEvent], object],
         settings: ExecutionSettings,
+        schemas: Callable[[], Mapping[str, NodeSchema]] = dict,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.assignment = assignment
@@ -115,9 +128,11 @@ class Execution:
         self._storage = storage
         self._emit_to = emit
         self._settings = settings
+        self._schemas = schemas
         self._clock = clock
         self._inbox: asyncio.Queue[Any] = asyncio.Queue()
         self._cancel_requested = False
+        self._hand_back_reason = ""
         self._silent = False
         self._tracker: PromptTracker | None = None
         self._down_since: float | None = None
@@ -138,6 +153,15 @@ class Execution:
             self.task.cancel()
         else:
             self._inbox.put_nowait(_CANCEL)
+
+    def hand_back(self, reason: str) -> bool:
+        """Stops and reports `handed_back` if ComfyUI has not been sent the prompt yet; True if so."""
+        if self._cancel_requested or self.state not in (State.WAITING, State.PREPARING) or self.task is None:
+            return False
+        self._hand_back_reason = reason
+        self._cancel_requested = True
+        self.task.cancel()
+        return True
 
     def abandon(self) -> None:
         """Like cancel, but reports nothing: the scheduler no longer wants this attempt."""
@@ -166,7 +190,7 @@ class Execution:
                 raise
             if (task := asyncio.current_task()) is not None:
                 task.uncancel()
-            self._finish(events.cancelled())
+            self._finish(events.handed_back(self._hand_back_reason) if self._hand_back_reason else events.cancelled())
         except Exception as err:  # a bug must not leave the workflow running forever
             log.exception("execution %s failed unexpectedly", self.key)
             self._finish(events.failed("RunnerError", f"{type(err).__name__}: {err}"))
@@ -180,16 +204,25 @@ class Execution:
             prompt = parse_prompt(self.assignment.prompt_json)
         except InvalidAssignment as err:
             raise self._finish(events.failed("InvalidAssignment", err.message)) from None
+        await self._wait_for_comfyui()
+        if is_ui_workflow(prompt):  # an editor export: converted with this ComfyUI's node schemas
+            converted, why = from_ui_format(prompt, self._schemas())
+            if converted is None:
+                raise self._finish(events.invalid(why, []))
+            prompt = converted
         names = await self._upload_inputs()
         self._emit(events.uploaded())
-        prompt = substitute_files(prompt, names)
+        prompt = coerce_prompt(substitute_files(prompt, names), self._schemas())
         self._tracker = PromptTracker(self.prompt_id, node_types(prompt), self._settings.progress_interval_s)
         # The websocket must be open before POST /prompt, or the first messages are lost.
-        if not await self._feed.wait_connected(self._settings.comfyui_down_timeout_s):
-            raise self._finish(events.failed("ComfyUIUnreachable", "ComfyUI's websocket did not open"))
+        await self._wait_for_comfyui()
         self.state = State.SUBMITTING
         await self._submit(prompt)
         await self._follow()
+
+    async def _wait_for_comfyui(self) -> None:
+        if not await self._feed.wait_connected(self._settings.comfyui_unready_after_s):
+            raise self._finish(events.handed_back("ComfyUI unreachable: its websocket did not open"))
 
     async def _upload_inputs(self) -> dict[str, str]:
         names: dict[str, str] = {}
@@ -205,8 +238,8 @@ class Execution:
                     )
             except StorageError as err:
                 raise self._finish(events.failed("InputUnavailable", f"input {item.param!r}: {err.message}")) from None
-            except ComfyUIUnreachable as err:
-                raise self._finish(events.failed("ComfyUIUnreachable", err.message)) from None
+            except ComfyUIUnreachable as err:  # nothing was run: another runner may
+                raise self._finish(events.handed_back(f"ComfyUI unreachable: {err.message}")) from None
             except ComfyUIServerError as err:
                 message = f"upload of input {item.param!r} ({filename}) refused: HTTP {err.status} {err.text}".strip()
                 raise self._finish(events.failed("ComfyUIUploadFailed", message)) from None
@@ -223,6 +256,8 @@ class Execution:
             message = validation_message(err.body)
             raise self._finish(events.invalid(message, node_errors(err.body.get("node_errors")))) from None
         except ComfyUIUnreachable as err:
+            if err.connect_failed:  # the prompt certainly did not reach ComfyUI
+                raise self._finish(events.handed_back(f"ComfyUI unreachable: {err.message}")) from None
             raise self._finish(events.failed("ComfyUIUnreachable", err.message)) from None
         except ComfyUIServerError as err:
             raise self._finish(events.failed("ComfyUIServerError", err.text or err.message)) from None
@@ -304,6 +339,8 @@ class Execution:
             if isinstance(step, PromptStarted):
                 self.state = State.RUNNING
                 self._emit(events.running(self.prompt_id))
+            elif isinstance(step, NodesCached):
+                self._emit(events.cached(step))
             elif isinstance(step, NodeStarted):
                 self._emit(events.executing(step))
             elif isinstance(step, NodeProgress):
@@ -341,6 +378,8 @@ class Execution:
             return steps
         if self._cancel_requested:
             raise self._finish(events.cancelled())
+        if not self._tracker.started:
+            raise self._finish(events.handed_back(f"ComfyUI lost prompt {self.prompt_id} before running it"))
         raise self._finish(
             events.failed(
                 "ComfyUIRestarted",

@@ -1,9 +1,10 @@
 """Copies a finished prompt's outputs from ComfyUI (GET /view) into storage (PutObject).
 
-Each file goes to `{output_prefix}{node_id}/{filename}` with the content type ComfyUI served,
-and yields an `output_stored` event. A failed copy is retried a few times (both sides are
-idempotent: /view is a read, PutObject replaces the key atomically); if it still fails the
-caller gets a `failed` event to end with instead of `completed`.
+Each file goes to `{output_prefix}{node_id}/{filename}` with the content type its extension
+names (`media_types`; what ComfyUI served when the extension is unknown), and yields an
+`output_stored` event. No outputs at all is a success with an empty list. A failed copy is
+retried a few times (both sides are idempotent: /view is a read, PutObject replaces the key
+atomically); if it still fails the caller gets a `failed` event to end with instead of `completed`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from services.runner import events
 from services.runner.comfyui_client import ComfyUI
 from services.runner.comfyui_messages import OutputFile
 from services.runner.errors import ComfyUIError, StorageError
+from services.runner.media_types import content_type_for
 from services.runner.storage_client import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -32,7 +34,7 @@ def output_key(prefix: str, output: OutputFile) -> str:
 
 async def _copy(output: OutputFile, key: str, comfyui: ComfyUI, storage: ObjectStore) -> object_pb2.ObjectRef:
     async with comfyui.view(output) as download:
-        return await storage.put(key, download.content_type, download.chunks)
+        return await storage.put(key, content_type_for(output.filename, download.content_type), download.chunks)
 
 
 async def store_outputs(

@@ -6,6 +6,7 @@
 - `node_errors` / `validation_message`: the `node_errors` of a `POST /prompt` reply, one
   `NodeErrorInfo` per error (a node may have several), and the top-level message of a 400.
 - `queue_position`: where a prompt stands in `GET /queue` (0 = running or next to run).
+- `from_ui_format`: an editor (UI-format) export as an API-format prompt, or why it cannot be.
 
 No I/O, no clock.
 """
@@ -18,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from services.common.comfy_graph import convert_ui_workflow
+from services.common.comfy_schemas import NodeSchemas
 from services.runner.errors import InvalidAssignment
 
 _FILE_PLACEHOLDER = re.compile(r"^\$file\(([^()]+)\)$")
@@ -169,3 +172,12 @@ def queue_position(queue: QueueSnapshot, prompt_id: str) -> int | None:
         if pid == prompt_id:
             return index
     return None
+
+
+def from_ui_format(workflow: Mapping[str, Any], schemas: NodeSchemas) -> tuple[dict[str, Any] | None, str]:
+    """(the API-format prompt, "") or (None, why it cannot be converted with `schemas`)."""
+    conversion = convert_ui_workflow(workflow, schemas)
+    if conversion.prompt is not None:
+        return conversion.prompt, ""
+    why = [f"unknown node classes: {', '.join(conversion.missing_classes)}"] if conversion.missing_classes else []
+    return None, "UI-format workflow cannot be converted to API format: " + "; ".join(why + list(conversion.problems))

@@ -1,6 +1,6 @@
 """Wiring: builds the runner's parts from its settings, runs them, stops them on SIGTERM.
 
-    ComfyUIClient ─┬─ ComfyUIFeed (one websocket, owned task)
+    ComfyUIClient ─┬─ ComfyUIFeed (one websocket, owned task) ── ComfyUIWatch (readiness, schemas)
                    ├─ RunnerAgent (executions, slots) ── Outbox ── RunnerSession (owned task)
     StorageClient ─┘
 
@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from services.runner.agent import RunnerAgent
 from services.runner.comfyui_client import ComfyUIClient
 from services.runner.comfyui_feed import ComfyUIFeed
+from services.runner.comfyui_watch import ComfyUIWatch
 from services.runner.config import RunnerSettings, load_settings
 from services.runner.errors import ConfigError
 from services.runner.execution import ExecutionSettings
 from services.runner.outbox import Outbox
-from services.runner.session import ComfyUIFacts, RunnerIdentity, RunnerSession, SessionSettings
+from services.runner.session import RunnerIdentity, RunnerSession, SessionSettings
 from services.runner.storage_client import StorageClient
 
 log = logging.getLogger("services.runner")
@@ -68,6 +69,7 @@ async def start_runner(settings: RunnerSettings) -> RunningRunner:
     storage = StorageClient(settings.storage)
     feed = ComfyUIFeed(comfyui, f"comfyfleet-{uuid.uuid4()}", backoff=settings.comfyui_backoff)
     outbox = Outbox(window_s=settings.default_lease_s)
+    watch = ComfyUIWatch(comfyui, feed, unready_after_s=settings.comfyui_unready_after_s)
     agent = RunnerAgent(
         comfyui=comfyui,
         feed=feed,
@@ -78,14 +80,16 @@ async def start_runner(settings: RunnerSettings) -> RunningRunner:
             progress_interval_s=settings.progress_interval_s,
             poll_interval_s=settings.poll_interval_s,
             comfyui_down_timeout_s=settings.comfyui_down_timeout_s,
+            comfyui_unready_after_s=settings.comfyui_unready_after_s,
         ),
+        schemas=watch.schemas,
     )
     session = RunnerSession(
         settings.scheduler,
         RunnerIdentity(token=settings.token, name=settings.name, tags=settings.tags, slots=settings.slots),
         agent,
         outbox,
-        ComfyUIFacts(comfyui).get,
+        watch,
         SessionSettings(
             backoff=settings.scheduler_backoff,
             welcome_timeout_s=settings.welcome_timeout_s,

@@ -2,7 +2,7 @@
 
 One stream at a time:
 
-    up    Hello{token, name, tags, slots, comfyui_version, object_info_digest, held}
+    up    Hello{token, name, tags, slots, comfyui_version, object_info_digest, node_classes, held}
     down  Welcome{runner_id, lease, heartbeat_interval, abandon}
           -> abandon what it lists, resend the outbox (events possibly lost with the last
              stream first, then the ones queued while disconnected)
@@ -13,6 +13,10 @@ When the stream breaks (the scheduler restarted or is unreachable), the held wor
 running and its events pile up in the outbox; the session reconnects with capped exponential
 backoff and jitter and says Hello again with `held` = what is still running plus whatever
 has events the scheduler may not have. `stop()` half-closes the stream and ends the loop.
+
+ComfyUI decides readiness (`Readiness`, see comfyui_watch.py): no Hello until ComfyUI answers
+(the runner takes no work meanwhile), and the stream is ended when ComfyUI stays unreachable
+or comes back with another node set, to say Hello again once it answers.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -30,7 +33,7 @@ from comfyfleet.runner.v1 import runner_session_service_pb2 as pb
 from comfyfleet.runner.v1 import runner_session_service_pb2_grpc as pb_grpc
 
 from services.common.grpc_server import CHANNEL_OPTIONS
-from services.runner.comfyui_client import ComfyUI
+from services.runner.comfyui_watch import ComfyUIFacts
 from services.runner.config import Backoff
 from services.runner.errors import ComfyUIError
 from services.runner.outbox import Outbox, WorkflowKey
@@ -47,6 +50,7 @@ class SessionHandler(Protocol):
     def cancel(self, key: WorkflowKey) -> None: ...
     def abandon(self, keys: set[WorkflowKey]) -> None: ...
     def drain(self) -> None: ...
+    async def hand_back_unstarted(self, reason: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -65,22 +69,11 @@ class SessionSettings:
     default_lease_s: float = 30.0
 
 
-class ComfyUIFacts:
-    """ComfyUI's version and /object_info digest for Hello: fetched at each connect, the last
-    good answer reused while ComfyUI is down (it must have answered once)."""
+class Readiness(Protocol):
+    """ComfyUI's side of the session (implemented by comfyui_watch.ComfyUIWatch)."""
 
-    def __init__(self, comfyui: ComfyUI) -> None:
-        self._comfyui = comfyui
-        self._last: tuple[str, str] | None = None
-
-    async def get(self) -> tuple[str, str]:
-        try:
-            self._last = (await self._comfyui.comfyui_version(), await self._comfyui.object_info_digest())
-        except ComfyUIError:
-            if self._last is None:
-                raise
-            log.warning("ComfyUI did not answer; Hello uses what it said before")
-        return self._last
+    async def facts(self) -> ComfyUIFacts: ...
+    async def lost(self, said: ComfyUIFacts) -> str: ...
 
 
 class _StreamEnded(Exception):
@@ -94,7 +87,7 @@ class RunnerSession:
         identity: RunnerIdentity,
         handler: SessionHandler,
         outbox: Outbox,
-        comfyui_facts: Callable[[], Awaitable[tuple[str, str]]],
+        readiness: Readiness,
         settings: SessionSettings,
     ) -> None:
         self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
@@ -102,7 +95,7 @@ class RunnerSession:
         self._identity = identity
         self._handler = handler
         self._outbox = outbox
-        self._facts = comfyui_facts
+        self._readiness = readiness
         self._settings = settings
         self._write_lock = asyncio.Lock()
         self._call: grpc.aio.StreamStreamCall[pb.ConnectRequest, pb.ConnectResponse] | None = None
@@ -168,7 +161,7 @@ class RunnerSession:
             return False
         return True
 
-    def _hello(self, comfyui_version: str, digest: str) -> pb.ConnectRequest:
+    def _hello(self, facts: ComfyUIFacts) -> pb.ConnectRequest:
         held = set(self._handler.held()) | self._outbox.keys()
         return pb.ConnectRequest(
             hello=pb.Hello(
@@ -176,19 +169,20 @@ class RunnerSession:
                 name=self._identity.name,
                 tags=list(self._identity.tags),
                 slots=self._identity.slots,
-                comfyui_version=comfyui_version,
-                object_info_digest=digest,
+                comfyui_version=facts.version,
+                object_info_digest=facts.digest,
+                node_classes=facts.node_classes,
                 held=[pb.HeldWorkflow(workflow_id=w, attempt=a) for w, a in sorted(held)],
             )
         )
 
     async def _connect_once(self) -> None:
-        version, digest = await self._facts()
+        facts = await self._readiness.facts()
         call = self._stub.Connect()
         self._call = call
         tasks: list[asyncio.Task[None]] = []
         try:
-            await call.write(self._hello(version, digest))
+            await call.write(self._hello(facts))
             first = await asyncio.wait_for(call.read(), self._settings.welcome_timeout_s)
             if first is grpc.aio.EOF or first.WhichOneof("message") != "welcome":
                 raise _StreamEnded("the scheduler did not answer Hello with Welcome")
@@ -207,6 +201,7 @@ class RunnerSession:
                 asyncio.create_task(self._write_events(call), name="session writer"),
                 asyncio.create_task(self._heartbeat(call, beat), name="session heartbeat"),
                 asyncio.create_task(self._read(call), name="session reader"),
+                asyncio.create_task(self._watch(facts), name="session readiness"),
             ]
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -220,6 +215,14 @@ class RunnerSession:
             call.cancel()
             self._call = None
             self._outbox.rewind()
+
+    async def _watch(self, facts: ComfyUIFacts) -> None:
+        reason = await self._readiness.lost(facts)
+        log.warning("leaving the scheduler: %s", reason)
+        # What ComfyUI never got goes back to the scheduler before the session ends.
+        await self._handler.hand_back_unstarted(reason)
+        await self.flush(self._settings.welcome_timeout_s)
+        raise _StreamEnded(reason)
 
     async def _write_events(self, call: grpc.aio.StreamStreamCall[pb.ConnectRequest, pb.ConnectResponse]) -> None:
         while True:
@@ -237,7 +240,10 @@ class RunnerSession:
         while True:
             await asyncio.sleep(interval_s)
             async with self._write_lock:
-                await call.write(pb.ConnectRequest(heartbeat=pb.Heartbeat(in_flight=self._handler.in_flight())))
+                # draining: the scheduler stops sending assignments (the agent would not take them)
+                beat = pb.Heartbeat(in_flight=self._handler.in_flight(),
+                                    draining=bool(getattr(self._handler, "draining", False)))
+                await call.write(pb.ConnectRequest(heartbeat=beat))
 
     async def _read(self, call: grpc.aio.StreamStreamCall[pb.ConnectRequest, pb.ConnectResponse]) -> None:
         while True:

@@ -1,7 +1,7 @@
 """Adapter: the storage service's object streams, as the runner uses them.
 
     get(key)                       GetObject: the ObjectRef first, then the byte chunks
-    put(key, content_type, chunks) PutObject: a header, then chunks of at most 1 MiB
+    put(key, content_type, chunks) PutObject: a header, chunks of at most 1 MiB, a finish
 
 `ObjectStore` is the small interface executions depend on; `StorageClient` implements it
 over a grpc.aio channel. gRPC failures become `StorageError` (with the domain error the
@@ -86,9 +86,14 @@ class StorageClient:
         try:
             header = storage_service_pb2.PutObjectHeader(key=key, content_type=content_type)
             await call.write(storage_service_pb2.PutObjectRequest(header=header))
+            size_bytes = 0
             async for chunk in _rechunk(chunks):
                 if chunk:
+                    size_bytes += len(chunk)
                     await call.write(storage_service_pb2.PutObjectRequest(chunk=chunk))
+            # Without the finish storage keeps nothing (a cut stream is never stored truncated).
+            finish = storage_service_pb2.PutObjectFinish(size_bytes=size_bytes)
+            await call.write(storage_service_pb2.PutObjectRequest(finish=finish))
             await call.done_writing()
             response = await call
             done = True

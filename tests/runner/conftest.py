@@ -98,7 +98,8 @@ MakeHarness = Callable[..., Awaitable[Harness]]
 async def harness(tmp_path: Path) -> AsyncIterator[MakeHarness]:
     made: list[Harness] = []
 
-    async def make(*, node_delay_ms: float = 0, slots: int = 1, in_process: bool = True, **overrides: Any) -> Harness:
+    async def make(*, node_delay_ms: float = 0, slots: int = 1, in_process: bool = True, comfyui_up: bool = True,
+                   **overrides: Any) -> Harness:
         scheduler = FakeScheduler(heartbeat_s=0.2, lease_s=5.0)
         scheduler_server = GrpcServer(lambda s: pb_grpc.add_RunnerSessionServiceServicer_to_server(scheduler, s))
         await scheduler_server.start()
@@ -123,10 +124,12 @@ async def harness(tmp_path: Path) -> AsyncIterator[MakeHarness]:
             poll_interval_s=3.0,
             **overrides,
         )
+        if not comfyui_up:
+            await comfyui.stop()
         runner = await start_runner(settings) if in_process else None
         h = Harness(root, scheduler, scheduler_server, storage, storage_server, comfyui, runner, node_delay_ms)
         made.append(h)
-        if in_process:
+        if in_process and comfyui_up:
             await eventually(lambda: scheduler.connected, what="the runner's session")
         return h
 

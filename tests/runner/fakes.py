@@ -97,7 +97,7 @@ class FakeScheduler(pb_grpc.RunnerSessionServiceServicer):
 
     def terminal(self, workflow_id: str) -> str | None:
         for kind in reversed(self.kinds(workflow_id)):
-            if kind in ("completed", "failed", "invalid", "cancelled"):
+            if kind in ("completed", "failed", "invalid", "cancelled", "handed_back"):
                 return kind
         return None
 
@@ -176,13 +176,19 @@ class MemoryStorage(storage_service_pb2_grpc.StorageServiceServicer):
     ) -> storage_service_pb2.PutObjectResponse:
         header: storage_service_pb2.PutObjectHeader | None = None
         chunks: list[bytes] = []
+        finished = False
         async for request in request_iterator:
             if request.HasField("header"):
                 header = request.header
+            elif request.HasField("finish"):
+                assert request.finish.size_bytes == sum(map(len, chunks))
+                finished = True
             else:
                 assert len(request.chunk) <= 1024 * 1024
                 chunks.append(request.chunk)
         assert header is not None
+        if not finished:  # like storage: a stream without its finish stores nothing
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "PutObject stream ended without a finish")
         self.objects[header.key] = (b"".join(chunks), header.content_type or "application/octet-stream")
         return storage_service_pb2.PutObjectResponse(object=self.ref(header.key))
 

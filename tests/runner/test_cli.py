@@ -39,6 +39,7 @@ async def test_the_process_runs_a_workflow_and_stops_cleanly_on_sigterm(harness:
         assert hello.runner_token == "secret-from-file"
         assert hello.comfyui_version == "0.3.64"
         assert len(hello.object_info_digest) == 64
+        assert "SaveImage" in hello.node_classes and list(hello.node_classes) == sorted(hello.node_classes)
 
         h.scheduler.assign(assignment("wf-cli", chain(3, "cli")))
         assert await h.terminal("wf-cli") == "completed"

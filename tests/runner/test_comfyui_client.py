@@ -12,6 +12,7 @@ from services.runner.comfyui_client import ComfyUIClient
 from services.runner.comfyui_messages import OutputFile
 from services.runner.errors import ComfyUIRejected, ComfyUIServerError, ComfyUIUnreachable
 from tests.comfyui_double.app import ComfyUIDouble
+from tests.comfyui_double.nodes import OBJECT_INFO
 from tests.runner.conftest import png
 
 
@@ -31,7 +32,14 @@ async def chunks(data: bytes) -> AsyncIterator[bytes]:
 
 async def test_version_digest_and_empty_answers(client: ComfyUIClient) -> None:
     assert await client.comfyui_version() == "0.3.64"
-    assert len(await client.object_info_digest()) == 64
+    info = await client.object_info()
+    assert len(info.digest) == 64
+    assert sorted(info.schemas) == sorted(OBJECT_INFO)  # every class of the double, parsed
+    width = info.schemas["EmptyImage"].input("width")
+    assert width is not None and (width.type, width.is_widget, width.config["min"]) == ("INT", True, 1)
+    blend = info.schemas["ImageBlend"].input("blend_mode")  # the newer COMBO dialect
+    assert blend is not None and blend.type == "COMBO" and blend.options is not None and "screen" in blend.options
+    assert info.schemas["SaveImage"].output_node and not info.schemas["ImageInvert"].output_node
     assert await client.history("unknown") is None  # 200 {} is "not finished / unknown"
     queue = await client.queue()
     assert (queue.running, queue.pending) == ((), ())
@@ -71,8 +79,9 @@ async def test_nothing_listening_is_unreachable() -> None:
     try:
         with pytest.raises(ComfyUIUnreachable):
             await client.comfyui_version()
-        with pytest.raises(ComfyUIUnreachable):
+        with pytest.raises(ComfyUIUnreachable) as refused:
             await client.submit_prompt({}, client_id="c", prompt_id="p")
+        assert refused.value.connect_failed  # certainly not queued: safe to hand back
         with pytest.raises(ComfyUIUnreachable):
             async with client.websocket("c"):
                 pass

@@ -8,6 +8,7 @@ import pytest
 
 from services.runner.comfyui_messages import (
     NodeProgress,
+    NodesCached,
     NodeStarted,
     OutputFile,
     PromptFailed,
@@ -66,6 +67,7 @@ def test_success_reports_nodes_in_order_then_the_saved_image() -> None:
 def test_fully_cached_rerun_has_no_executing_but_keeps_the_cached_output() -> None:
     assert replay(*CACHED) == [
         PromptStarted(),
+        NodesCached(("1", "2", "3")),
         PromptSucceeded((OutputFile("3", "wf01_invert_00001_.png", "", "output"),)),
     ]
 
@@ -73,6 +75,7 @@ def test_fully_cached_rerun_has_no_executing_but_keeps_the_cached_output() -> No
 def test_partly_cached_rerun_reports_only_the_node_that_ran() -> None:
     assert replay(*PARTLY_CACHED) == [
         PromptStarted(),
+        NodesCached(("1", "2")),
         NodeStarted("3", "SaveImage"),
         PromptSucceeded((OutputFile("3", "wf02_changed_prefix_00001_.png", "", "output"),)),
     ]

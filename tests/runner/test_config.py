@@ -24,7 +24,9 @@ def test_everything_from_the_environment() -> None:
     s = load_settings([], ENV)
     assert (s.scheduler, s.storage, s.comfyui_url) == ("sched:1", "store:2", "http://gpu-1:8188")
     assert (s.tags, s.slots, s.name, s.token) == (("gpu", "a100"), 2, "env-name", "env-token")
-    assert s.comfyui_down_timeout_s == 60.0
+    assert (s.comfyui_down_timeout_s, s.comfyui_unready_after_s) == (60.0, 5.0)
+    assert load_settings([], {**ENV, "RUNNER_COMFYUI_UNREADY_AFTER": "2.5"}).comfyui_unready_after_s == 2.5
+    assert load_settings(["--comfyui-unready-after", "9"], ENV).comfyui_unready_after_s == 9.0
 
 
 def test_flags_win_over_the_environment(tmp_path: Path) -> None:

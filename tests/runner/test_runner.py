@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import sys
+from pathlib import Path
 
 from comfyfleet.runner.v1 import runner_session_service_pb2 as pb
 from comfyfleet.scheduler.v1 import workflow_pb2
 from PIL import Image
 
+from tests.comfyui_double.nodes import OBJECT_INFO
 from tests.runner.conftest import MakeHarness, assignment, chain, png
 from tests.runner.fakes import eventually
+
+REPO = Path(__file__).resolve().parents[2]
 
 LOAD_SCALE_SAVE = {
     "1": {"class_type": "LoadImage", "inputs": {"image": "$file(photo)"}},
@@ -245,15 +250,74 @@ async def test_comfyui_down_for_too_long_fails(harness: MakeHarness) -> None:
     await h.start_comfyui()  # so the harness can stop it
 
 
-async def test_comfyui_down_before_submit_fails_unreachable(harness: MakeHarness) -> None:
-    h = await harness(comfyui_down_timeout_s=1.0)
+async def test_comfyui_down_hands_work_back_and_the_runner_leaves_until_it_answers(harness: MakeHarness) -> None:
+    h = await harness(comfyui_unready_after_s=0.5)
     await h.stop_comfyui()
     h.storage.put_bytes("inputs/wf-refused/photo/a.png", png(4, 4, (1, 2, 3)), "image/png")
     h.scheduler.assign(assignment("wf-refused", LOAD_SCALE_SAVE, [photo_input("inputs/wf-refused/photo/a.png")]))
-    assert await h.terminal("wf-refused") == "failed"
-    (failed,) = h.scheduler.events("wf-refused", "failed")
-    assert failed.failure.exception_type == "ComfyUIUnreachable"
+    # ComfyUI never took it: given back to be run elsewhere, not failed.
+    assert await h.terminal("wf-refused") == "handed_back"
+    (handed_back,) = h.scheduler.events("wf-refused", "handed_back")
+    assert "ComfyUI unreachable" in handed_back.reason
+    assert h.scheduler.kinds("wf-refused") == ["handed_back"]
+    # The runner is unready: it leaves the scheduler and says no Hello while ComfyUI is down.
+    await eventually(lambda: not h.scheduler.connected, what="the runner to leave")
+    await asyncio.sleep(1.0)
+    assert len(h.scheduler.hellos) == 1
     await h.start_comfyui()
+    await eventually(lambda: len(h.scheduler.hellos) == 2, what="Hello once ComfyUI answers")
+    h.scheduler.assign(assignment("wf-back", chain(3, "back")))
+    assert await h.terminal("wf-back") == "completed"
+
+
+async def test_comfyui_unreachable_at_start_means_no_hello_until_it_answers(harness: MakeHarness) -> None:
+    h = await harness(comfyui_up=False)
+    await asyncio.sleep(1.0)
+    assert h.scheduler.hellos == [] and not h.scheduler.connected  # unready: takes no work
+    await h.start_comfyui()
+    await eventually(lambda: h.scheduler.connected, what="Hello once ComfyUI answers")
+    (hello,) = h.scheduler.hellos
+    assert hello.comfyui_version == "0.3.64" and len(hello.object_info_digest) == 64
+    assert list(hello.node_classes) == sorted(OBJECT_INFO)  # the node classes of /object_info
+    h.scheduler.assign(assignment("wf-late", chain(3, "late")))
+    assert await h.terminal("wf-late") == "completed"
+
+
+async def test_comfyui_restart_fails_the_running_prompt_and_hands_back_the_queued_one(harness: MakeHarness) -> None:
+    h = await harness(node_delay_ms=300, slots=2)
+    h.scheduler.assign(assignment("wf-started", chain(8, "started")))
+    await eventually(lambda: h.scheduler.events("wf-started", "executing"), what="running")
+    h.scheduler.assign(assignment("wf-waiting", chain(3, "waiting")))
+    await eventually(lambda: h.scheduler.events("wf-waiting", "queued"), what="queued behind it")
+    await h.stop_comfyui()
+    await asyncio.sleep(0.3)
+    await h.start_comfyui()  # empty queue and history: both prompts are gone
+
+    assert await h.terminal("wf-started") == "failed"
+    assert h.scheduler.events("wf-started", "failed")[0].failure.exception_type == "ComfyUIRestarted"
+    assert await h.terminal("wf-waiting") == "handed_back"  # it never ran: safe to run again elsewhere
+    assert h.scheduler.kinds("wf-waiting") == ["uploaded", "queued", "handed_back"]
+
+
+async def test_text_values_reach_comfyui_with_the_node_input_types(harness: MakeHarness) -> None:
+    h = await harness()
+    prompt = {
+        # As the scheduler fills placeholders: text. "24.0" is no int() for ComfyUI; the runner makes it 24.
+        "1": {"class_type": "EmptyImage", "inputs": {"width": "24.0", "height": "12", "batch_size": 1,
+                                                      "color": "16711680"}},
+        "2": {"class_type": "ImageScale", "inputs": {"image": ["1", 0], "upscale_method": "bilinear",
+                                                      "width": "48", "height": 0, "crop": "disabled"}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": 1234}},
+    }
+    h.scheduler.assign(assignment("wf-typed", prompt))
+    assert await h.terminal("wf-typed") == "completed"
+    (stored,) = h.scheduler.events("wf-typed", "output_stored")
+    assert stored.filename == "1234_00001_.png"
+    image = Image.open(io.BytesIO(h.storage.objects[stored.object.key][0]))
+    assert image.size == (48, 24) and image.getpixel((0, 0))[:3] == (255, 0, 0)
+    submitted = (await h.history(h.prompt_id("wf-typed")))["prompt"][2]
+    assert submitted["1"]["inputs"] == {"width": 24, "height": 12, "batch_size": 1, "color": 16711680}
+    assert submitted["3"]["inputs"]["filename_prefix"] == "1234"
 
 
 async def test_shutdown_drains_held_work_first(harness: MakeHarness) -> None:
@@ -280,3 +344,99 @@ async def test_progress_with_binary_previews_is_rate_limited_end_to_end(harness:
     assert ticks[0].value == 0 and ticks[-1].value == 24  # the first and the last tick
     assert 2 <= len(ticks) <= 9  # 25 ticks over ~0.5 s, at most ~10/s
     assert h.scheduler.events("wf-ticks", "output_stored") == []  # previews are not outputs
+
+
+def _ui_node(id: int, type: str, widgets: list[object], inputs: list[tuple[str, str, int]] = (),  # type: ignore[assignment]
+             outputs: list[str] = (), mode: int = 0) -> dict[str, object]:  # type: ignore[assignment]
+    return {"id": id, "type": type, "mode": mode, "widgets_values": widgets,
+            "inputs": [{"name": n, "type": t, "link": link} for n, t, link in inputs],
+            "outputs": [{"name": t, "type": t, "links": []} for t in outputs]}
+
+
+async def test_a_ui_format_workflow_runs_when_comfyui_knows_its_nodes(harness: MakeHarness) -> None:
+    h = await harness()
+    editor_export = {
+        "nodes": [
+            _ui_node(1, "EmptyImage", [20, 10, 1, 255], outputs=["IMAGE"]),
+            _ui_node(2, "ImageInvert", [], [("image", "IMAGE", 1)], ["IMAGE"], mode=4),  # bypassed
+            _ui_node(3, "SaveImage", ["ui/export"], [("images", "IMAGE", 2)]),
+            _ui_node(4, "MarkdownNote", ["how to use this"]),
+        ],
+        "links": [[1, 1, 0, 2, 0, "IMAGE"], [2, 2, 0, 3, 0, "IMAGE"]],
+    }
+    h.scheduler.assign(assignment("wf-ui", editor_export))
+    assert await h.terminal("wf-ui") == "completed"
+    (stored,) = h.scheduler.events("wf-ui", "output_stored")
+    image = Image.open(io.BytesIO(h.storage.objects[stored.object.key][0]))
+    assert image.size == (20, 10) and image.getpixel((0, 0))[:3] == (0, 0, 255)  # not inverted: bypassed
+    submitted = (await h.history(h.prompt_id("wf-ui")))["prompt"][2]
+    assert sorted(submitted) == ["1", "3"]
+
+    editor_export["nodes"].append(_ui_node(5, "KSampler", [1, "randomize", 20]))
+    h.scheduler.assign(assignment("wf-ui-unknown", editor_export))
+    assert await h.terminal("wf-ui-unknown") == "invalid"
+    (invalid,) = h.scheduler.events("wf-ui-unknown", "invalid")
+    assert invalid.message == "UI-format workflow cannot be converted to API format: unknown node classes: KSampler"
+
+
+async def _comfyui_process(root: Path, port: int) -> asyncio.subprocess.Process:
+    """The double as its own process (`python -m tests.comfyui_double`), ready to answer."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.comfyui_double", "--port", str(port), "--root", str(root),
+        "--node-delay-ms", "300", cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), 15.0)
+    assert b"To see the GUI" in line
+    return process
+
+
+async def test_comfyui_killed_mid_run_and_restarted_never_leaves_it_running(harness: MakeHarness) -> None:
+    h = await harness(comfyui_up=False)
+    first = await _comfyui_process(h.root, h.comfyui.port)
+    second: asyncio.subprocess.Process | None = None
+    try:
+        await eventually(lambda: h.scheduler.connected, timeout_s=10.0, what="Hello once ComfyUI answers")
+        h.scheduler.assign(assignment("wf-killed", chain(8, "killed")))
+        await eventually(lambda: len(h.scheduler.events("wf-killed", "executing")) >= 2, what="running")
+        first.kill()  # SIGKILL: no goodbye on the websocket, queue and history gone
+        await first.wait()
+        second = await _comfyui_process(h.root, h.comfyui.port)
+
+        assert await h.terminal("wf-killed") == "failed"
+        (failed,) = h.scheduler.events("wf-killed", "failed")
+        assert failed.failure.exception_type == "ComfyUIRestarted"
+        assert "running" in h.scheduler.kinds("wf-killed")
+        h.scheduler.assign(assignment("wf-after-kill", chain(3, "after")))
+        assert await h.terminal("wf-after-kill") == "completed"
+    finally:
+        for process in (first, second):
+            if process is not None and process.returncode is None:
+                process.kill()
+                await process.wait()
+        await h.start_comfyui()  # the harness stops its own double at the end
+
+
+async def test_comfyui_back_with_other_node_schemas_says_hello_again(harness: MakeHarness) -> None:
+    h = await harness()
+    (first,) = h.scheduler.hellos
+    await h.stop_comfyui()
+    # Meanwhile a file lands at the top of input/: LoadImage's combo in /object_info lists it.
+    (h.root / "input" / "new.png").write_bytes(png(2, 2, (9, 9, 9)))
+    await h.start_comfyui()
+
+    await eventually(lambda: len(h.scheduler.hellos) == 2, what="Hello with the new schemas")
+    second = h.scheduler.hellos[1]
+    assert second.object_info_digest != first.object_info_digest
+    assert list(second.node_classes) == list(first.node_classes)
+    h.scheduler.assign(assignment("wf-new-schemas", chain(3, "schemas")))
+    assert await h.terminal("wf-new-schemas") == "completed"
+
+
+async def test_comfyui_back_with_the_same_schemas_keeps_the_session(harness: MakeHarness) -> None:
+    h = await harness()
+    await h.stop_comfyui()
+    await h.start_comfyui()
+    h.scheduler.assign(assignment("wf-same", chain(3, "same")))
+    assert await h.terminal("wf-same") == "completed"
+    assert len(h.scheduler.hellos) == 1

@@ -10,7 +10,9 @@ import pytest
 from comfyfleet.runner.v1 import runner_session_service_pb2 as pb
 from comfyfleet.runner.v1 import runner_session_service_pb2_grpc as pb_grpc
 
+from services.common.comfy_schemas import NodeSchema
 from services.runner import events
+from services.runner.comfyui_watch import ComfyUIFacts
 from services.runner.config import Backoff
 from services.runner.outbox import Outbox, WorkflowKey
 from services.runner.session import RunnerIdentity, RunnerSession, SessionSettings
@@ -24,6 +26,7 @@ class Handler:
     cancelled: list[WorkflowKey] = field(default_factory=list)
     abandoned: list[set[WorkflowKey]] = field(default_factory=list)
     drained: bool = False
+    handed_back: list[str] = field(default_factory=list)
 
     def held(self) -> list[WorkflowKey]:
         return list(self.holding)
@@ -43,9 +46,30 @@ class Handler:
     def drain(self) -> None:
         self.drained = True
 
+    async def hand_back_unstarted(self, reason: str) -> None:
+        self.handed_back.append(reason)
 
-async def facts() -> tuple[str, str]:
-    return ("0.3.64", "ab" * 32)
+
+class Readiness:
+    """ComfyUI's side of the session: answers with `facts`; `lose(reason)` ends the session."""
+
+    def __init__(self) -> None:
+        self.facts_now = ComfyUIFacts("0.3.64", "ab" * 32, {"SaveImage": NodeSchema("SaveImage", (), (), True),
+                                                          "EmptyImage": NodeSchema("EmptyImage", (), ("IMAGE",),
+                                                                                   False)})
+        self.answering = asyncio.Event()
+        self.answering.set()
+        self._lost: asyncio.Queue[str] = asyncio.Queue()
+
+    def lose(self, reason: str) -> None:
+        self._lost.put_nowait(reason)
+
+    async def facts(self) -> ComfyUIFacts:
+        await self.answering.wait()
+        return self.facts_now
+
+    async def lost(self, said: ComfyUIFacts) -> str:
+        return await self._lost.get()
 
 
 @dataclass
@@ -55,6 +79,7 @@ class Setup:
     handler: Handler
     outbox: Outbox
     session: RunnerSession
+    readiness: Readiness
 
 
 @pytest.fixture
@@ -64,16 +89,17 @@ async def setup() -> AsyncIterator[Setup]:
     await server.start()
     handler = Handler()
     outbox = Outbox()
+    readiness = Readiness()
     session = RunnerSession(
         server.address,
         RunnerIdentity(token="tok", name="gpu-1", tags=("a", "b"), slots=2),
         handler,
         outbox,
-        facts,
+        readiness,
         SessionSettings(backoff=Backoff(base_s=0.05, cap_s=0.2), welcome_timeout_s=2.0),
     )
     task = asyncio.create_task(session.run())
-    yield Setup(scheduler, server, handler, outbox, session)
+    yield Setup(scheduler, server, handler, outbox, session, readiness)
     await session.stop(1.0)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
@@ -87,6 +113,7 @@ async def test_hello_welcome_heartbeats_and_events(setup: Setup) -> None:
     (hello,) = s.scheduler.hellos
     assert (hello.runner_token, hello.name, list(hello.tags), hello.slots) == ("tok", "gpu-1", ["a", "b"], 2)
     assert (hello.comfyui_version, hello.object_info_digest, list(hello.held)) == ("0.3.64", "ab" * 32, [])
+    assert list(hello.node_classes) == ["EmptyImage", "SaveImage"]
     assert s.session.runner_id == "runner-1"
     s.handler.holding.append(("wf", 1))
     await eventually(lambda: 1 in s.scheduler.heartbeats, what="a heartbeat with in_flight=1")
@@ -150,3 +177,25 @@ async def test_stop_half_closes_and_ends_the_run(setup: Setup) -> None:
     await s.session.stop(2.0)
     await asyncio.wait_for(s.scheduler.stream_ended.wait(), 2.0)
     assert len(s.scheduler.hellos) == 1
+
+
+async def test_no_hello_while_comfyui_does_not_answer_and_hello_again_when_it_changes(setup: Setup) -> None:
+    s = setup
+    await eventually(lambda: s.scheduler.connected, what="connect")
+    s.handler.holding.append(("wf", 1))
+    # ComfyUI stays unreachable: the session ends and no Hello goes out meanwhile (no work comes).
+    s.readiness.answering.clear()
+    s.readiness.lose("ComfyUI unreachable for 5 s: runner unready")
+    await eventually(lambda: not s.scheduler.connected, what="the session to end")
+    assert s.handler.handed_back == ["ComfyUI unreachable for 5 s: runner unready"]
+    await asyncio.sleep(0.4)  # several reconnect backoffs long
+    assert len(s.scheduler.hellos) == 1 and not s.session.connected.is_set()
+    # ComfyUI is back with another node set: Hello again, with what it runs now and what is held.
+    s.readiness.facts_now = ComfyUIFacts("0.3.65", "cd" * 32, {"KSampler": NodeSchema("KSampler", (), ("LATENT",),
+                                                                                    False)})
+    s.readiness.answering.set()
+    await eventually(lambda: len(s.scheduler.hellos) == 2, what="Hello again")
+    hello = s.scheduler.hellos[1]
+    assert (hello.comfyui_version, hello.object_info_digest) == ("0.3.65", "cd" * 32)
+    assert list(hello.node_classes) == ["KSampler"]
+    assert [(h.workflow_id, h.attempt) for h in hello.held] == [("wf", 1)]
