@@ -1,0 +1,107 @@
+"""Reading a workflow's event stream: SSE frame decoding and the resume bookkeeping of `watch`.
+
+`FrameDecoder` turns lines (as `httpx.Response.iter_lines` yields them) into `Frame`s per the
+SSE spec: `id:`, `event:`, one or more `data:` lines, `retry:`; comments (`: keepalive`) are
+skipped. `Resume` remembers the last event id seen, drops anything at or before it (so a
+replay after a reconnect never yields an event twice), knows when the stream is finished
+(after a terminal status) and paces reconnects.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from comfyfleet.errors import WatchError
+from comfyfleet.models import AnyEvent, StatusEvent, parse_event
+
+MAX_RECONNECT_DELAY = 5.0
+
+
+@dataclass(frozen=True)
+class Frame:
+    id: str | None
+    event: str
+    data: str
+
+
+class FrameDecoder:
+    """Feed lines; each blank line that ends a frame with data returns that frame."""
+
+    def __init__(self) -> None:
+        self._event = ""
+        self._data: list[str] = []
+        self._id: str | None = None
+        self.retry_ms: int | None = None
+
+    def feed(self, line: str) -> Frame | None:
+        if line == "":
+            if not self._data:
+                self._event = ""
+                return None
+            frame = Frame(self._id, self._event or "message", "\n".join(self._data))
+            self._event, self._data = "", []
+            return frame
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id" and "\0" not in value:
+            self._id = value  # per the spec the last id sticks to later frames without one
+        elif name == "retry" and value.isdigit():
+            self.retry_ms = int(value)
+        return None
+
+
+class Resume:
+    """The state of one watch across connections.
+
+    `after`: the id to resume after (None: start with a snapshot; 0: replay from the start).
+    """
+
+    def __init__(self, after: int | None, max_failures: int) -> None:
+        self.last_id = after
+        self.done = False
+        self.failures = 0
+        self.max_failures = max_failures
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Accept": "text/event-stream", "Cache-Control": "no-store"}
+        if self.last_id is not None:
+            headers["Last-Event-ID"] = str(self.last_id)
+        return headers
+
+    def accept(self, frame: Frame) -> AnyEvent | None:
+        """The typed event for a frame, or None for a frame already seen (a replay)."""
+        try:
+            seq = int(frame.id) if frame.id is not None else None
+        except ValueError:
+            seq = None
+        if seq is None:
+            return None  # the API ids every frame; an unnumbered one cannot be resumed after
+        if self.last_id is not None and seq <= self.last_id:
+            return None
+        try:
+            data: Any = json.loads(frame.data)
+        except ValueError:
+            data = frame.data
+        event = parse_event(seq, frame.event, data)
+        self.last_id = seq
+        self.failures = 0
+        if isinstance(event, StatusEvent) and event.is_terminal:
+            self.done = True
+        return event
+
+    def failed(self, cause: BaseException | str, retry_after: float | None = None) -> float:
+        """Counts a failed or ended connection; the delay before the next one, or WatchError."""
+        self.failures += 1
+        if self.failures > self.max_failures:
+            raise WatchError(f"the event stream failed {self.failures} times in a row: {cause}")
+        if retry_after is not None:
+            return min(retry_after, 30.0)
+        return 0.0 if self.failures == 1 else min(0.25 * 2 ** (self.failures - 2), MAX_RECONNECT_DELAY)
