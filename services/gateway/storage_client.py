@@ -22,7 +22,7 @@ ObjectRef = object_pb2.ObjectRef
 
 
 class ObjectUpload(Protocol):
-    """One object being stored; visible only after `finish`."""
+    """One object being stored; visible only after `finish` (which sends PutObject's finish)."""
 
     async def write(self, data: bytes) -> None: ...
     async def finish(self) -> ObjectRef: ...
@@ -46,15 +46,19 @@ class GrpcUpload:
     def __init__(self, call: grpc.aio.StreamUnaryCall[storage_service_pb2.PutObjectRequest,
                                                       storage_service_pb2.PutObjectResponse]) -> None:
         self._call = call
+        self._size_bytes = 0
 
     async def write(self, data: bytes) -> None:
         """Sends `data` in chunks of at most 1 MiB; waits for gRPC flow control."""
         view = memoryview(data)
         for offset in range(0, len(view), MAX_CHUNK_BYTES):
             await self._send(storage_service_pb2.PutObjectRequest(chunk=bytes(view[offset:offset + MAX_CHUNK_BYTES])))
+        self._size_bytes += len(data)
 
     async def finish(self) -> ObjectRef:
-        """Half-closes the stream and returns the stored object."""
+        """Sends the finish (the object is kept only with it), half-closes, returns the stored object."""
+        await self._send(storage_service_pb2.PutObjectRequest(
+            finish=storage_service_pb2.PutObjectFinish(size_bytes=self._size_bytes)))
         try:
             await self._call.done_writing()
             response = await self._call

@@ -18,9 +18,9 @@ def main() -> int:
     try:
         settings = load_settings(os.environ)
         log.info(
-            "storage: backend=%s dir=%s listen=%s public_url=%s",
+            "storage: backend=%s %s listen=%s public_url=%s",
             settings.backend,
-            settings.local_dir,
+            f"s3={settings.s3.endpoint}/{settings.s3.bucket}" if settings.s3 else f"dir={settings.local_dir}",
             settings.listen,
             settings.public_url,
         )

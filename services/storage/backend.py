@@ -82,6 +82,11 @@ class Backend(Protocol):
         """Deletes the given keys and every key under `prefix` (ends with "/"); returns how many existed."""
         ...
 
+    async def presign(self, key: str, ttl_seconds: int) -> str | None:
+        """A download URL of the store itself (e.g. S3 presigned), or None when the store has none
+        and the service signs a gateway URL instead."""
+        ...
+
     async def close(self) -> None:
         """Releases what the backend holds."""
         ...

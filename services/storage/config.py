@@ -8,6 +8,18 @@
     STORAGE_URL_SIGNING_KEY_FILE   ./var/url-signing-key   used when the key is unset; created
                                                            with a random key (0600) if missing
     STORAGE_URL_TTL_SECONDS        300                     default lifetime of a download URL
+    STORAGE_S3_ENDPOINT            (required for s3)       host:port of the S3 API, e.g. minio:9000
+    STORAGE_S3_ACCESS_KEY          (required for s3)
+    STORAGE_S3_SECRET_KEY          (required for s3)
+    STORAGE_S3_BUCKET              comfyfleet              created at start when missing
+    STORAGE_S3_SECURE              false                   https to the S3 API
+    STORAGE_S3_REGION              us-east-1
+    STORAGE_S3_PUBLIC_ENDPOINT     (the endpoint)          host:port that presigned URLs name, when
+                                                           clients reach S3 by another address
+    STORAGE_S3_PUBLIC_SECURE       (STORAGE_S3_SECURE)     https in presigned URLs
+    STORAGE_S3_PART_SIZE_MIB       8                       multipart part size (5..512)
+    STORAGE_S3_PARALLEL_PARTS      2                       parts of one upload sent at once (1..8);
+                                                           an upload holds about (this + 1) parts
 
 Only this module reads os.environ-like mappings; it also reads (or creates) the key file,
 once, at start, before the event loop runs.
@@ -17,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,11 +37,27 @@ from typing import Literal, cast
 
 from services.storage.errors import SettingsError
 
-BackendKind = Literal["local"]
-BACKENDS: tuple[BackendKind, ...] = ("local",)
-PLANNED_BACKENDS = ("s3",)
+BackendKind = Literal["local", "s3"]
+BACKENDS: tuple[BackendKind, ...] = ("local", "s3")
+PLANNED_BACKENDS: tuple[str, ...] = ()
 MAX_URL_TTL_SECONDS = 7 * 24 * 3600
 MIN_SIGNING_KEY_CHARS = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class S3Settings:
+    """Where the `s3` backend keeps objects."""
+
+    endpoint: str
+    access_key: str = dataclasses.field(repr=False)
+    secret_key: str = dataclasses.field(repr=False)
+    bucket: str = "comfyfleet"
+    secure: bool = False
+    region: str = "us-east-1"
+    public_endpoint: str = ""  # "" = the endpoint
+    public_secure: bool | None = None  # None = secure
+    part_size_bytes: int = 8 * 1024 * 1024
+    parallel_parts: int = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +71,7 @@ class Settings:
     url_signing_key: bytes = dataclasses.field(default=b"", repr=False)
     url_signing_key_file: Path = Path("./var/url-signing-key")
     url_ttl_seconds: int = 300
+    s3: S3Settings | None = None  # set when backend == "s3"
 
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
@@ -55,6 +85,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         url_signing_key_file=Path(environ.get("STORAGE_URL_SIGNING_KEY_FILE") or defaults.url_signing_key_file),
         url_ttl_seconds=_ttl(environ.get("STORAGE_URL_TTL_SECONDS") or str(defaults.url_ttl_seconds)),
     )
+    if settings.backend == "s3":
+        settings = dataclasses.replace(settings, s3=_s3(environ))
     key_text = environ.get("STORAGE_URL_SIGNING_KEY", "")
     if not key_text:
         return dataclasses.replace(settings, url_signing_key=load_or_create_key(settings.url_signing_key_file))
@@ -112,6 +144,54 @@ def _backend(value: str) -> BackendKind:
     if value in PLANNED_BACKENDS:
         raise SettingsError(f"STORAGE_BACKEND={value!r} is not available yet; supported: {supported}")
     raise SettingsError(f"STORAGE_BACKEND={value!r} is unknown; supported: {supported}")
+
+
+def _s3(environ: Mapping[str, str]) -> S3Settings:
+    missing = [name for name in ("STORAGE_S3_ENDPOINT", "STORAGE_S3_ACCESS_KEY", "STORAGE_S3_SECRET_KEY")
+               if not environ.get(name)]
+    if missing:
+        raise SettingsError(f"STORAGE_BACKEND=s3 needs {', '.join(missing)}")
+    bucket = environ.get("STORAGE_S3_BUCKET") or "comfyfleet"
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket) or ".." in bucket:
+        raise SettingsError(f"STORAGE_S3_BUCKET={bucket!r} is not a valid bucket name (3-63 of a-z 0-9 . -)")
+    part_mib = environ.get("STORAGE_S3_PART_SIZE_MIB") or "8"
+    if not part_mib.isdigit() or not 5 <= int(part_mib) <= 512:
+        raise SettingsError(f"STORAGE_S3_PART_SIZE_MIB={part_mib!r} must be a whole number in 5..512")
+    parallel_text = environ.get("STORAGE_S3_PARALLEL_PARTS") or "2"
+    if not parallel_text.isdigit() or not 1 <= int(parallel_text) <= 8:
+        raise SettingsError(f"STORAGE_S3_PARALLEL_PARTS={parallel_text!r} must be a whole number in 1..8")
+    parallel = int(parallel_text)
+    secure = _bool("STORAGE_S3_SECURE", environ.get("STORAGE_S3_SECURE") or "false")
+    public_secure = environ.get("STORAGE_S3_PUBLIC_SECURE")
+    return S3Settings(
+        endpoint=_endpoint("STORAGE_S3_ENDPOINT", environ["STORAGE_S3_ENDPOINT"]),
+        access_key=environ["STORAGE_S3_ACCESS_KEY"],
+        secret_key=environ["STORAGE_S3_SECRET_KEY"],
+        bucket=bucket,
+        secure=secure,
+        region=environ.get("STORAGE_S3_REGION") or "us-east-1",
+        public_endpoint=_endpoint("STORAGE_S3_PUBLIC_ENDPOINT", environ.get("STORAGE_S3_PUBLIC_ENDPOINT") or "")
+        if environ.get("STORAGE_S3_PUBLIC_ENDPOINT") else "",
+        public_secure=_bool("STORAGE_S3_PUBLIC_SECURE", public_secure) if public_secure else None,
+        part_size_bytes=int(part_mib) * 1024 * 1024,
+        parallel_parts=parallel,
+    )
+
+
+def _endpoint(name: str, value: str) -> str:
+    host, _, port = value.rpartition(":")
+    if "/" in value or (port and not port.isdigit() and host) or not value:
+        raise SettingsError(f"{name}={value!r} must be host or host:port, without a scheme or path")
+    return value
+
+
+def _bool(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={value!r} must be true or false")
 
 
 def _listen(value: str) -> str:

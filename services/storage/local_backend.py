@@ -90,6 +90,10 @@ class LocalBackend:
     async def close(self) -> None:
         """Nothing to release: every file is closed by the call that opened it."""
 
+    async def presign(self, key: str, ttl_seconds: int) -> str | None:
+        """None: a directory has no URLs; the service signs gateway URLs (signing.py)."""
+        return None
+
     # -- put --------------------------------------------------------------------------------
 
     async def put(

@@ -9,6 +9,7 @@ from services.common.grpc_server import serve
 from services.storage.backend import Backend
 from services.storage.config import Settings
 from services.storage.local_backend import LocalBackend
+from services.storage.s3_backend import S3Backend
 from services.storage.servicer import StorageServicer
 
 SERVICE_NAME = "comfyfleet.storage.v1.StorageService"
@@ -19,6 +20,9 @@ async def open_backend(settings: Settings) -> Backend:
     match settings.backend:
         case "local":
             return await LocalBackend.open(settings.local_dir)
+        case "s3":
+            assert settings.s3 is not None  # load_settings sets it for this backend
+            return await S3Backend.open(settings.s3)
 
 
 def build_servicer(settings: Settings, backend: Backend) -> StorageServicer:

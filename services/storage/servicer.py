@@ -7,6 +7,7 @@ checking them is signing.py's job, reading and writing bytes the backend's.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import time
 from collections.abc import AsyncIterator, Callable
@@ -101,10 +102,12 @@ class StorageServicer(storage_service_pb2_grpc.StorageServiceServicer):
         if not await self._backend.exists(request.key):
             raise ObjectNotFound(f"no object {request.key!r}")
         expires_unix = math.floor(self._clock()) + ttl_seconds
-        signature = signing.sign(self._signing_key, request.key, expires_unix)
+        url = await self._backend.presign(request.key, ttl_seconds)
+        if url is None:  # the backend has no URLs of its own: the gateway serves a signed one
+            signature = signing.sign(self._signing_key, request.key, expires_unix)
+            url = signing.download_url(self._public_url, request.key, expires_unix, signature)
         return storage_service_pb2.PresignObjectResponse(
-            url=signing.download_url(self._public_url, request.key, expires_unix, signature),
-            expires_at=timestamp_pb2.Timestamp(seconds=expires_unix),
+            url=url, expires_at=timestamp_pb2.Timestamp(seconds=expires_unix)
         )
 
     def _check_signature(self, key: str, signature: storage_service_pb2.UrlSignature) -> None:
@@ -118,10 +121,34 @@ class StorageServicer(storage_service_pb2_grpc.StorageServiceServicer):
 
 
 async def _chunks(requests: AsyncIterator[storage_service_pb2.PutObjectRequest]) -> AsyncIterator[bytes]:
+    """The chunks of a PutObject stream, ending only at a finish that matches what arrived.
+
+    Raising (rather than ending) makes the backend store nothing: a stream that ends without a
+    finish (grpc.aio may end a cancelled call's iterator normally), or whose finish names
+    another size or sha256, is refused before the backend commits.
+    """
+    size = 0
+    hasher = hashlib.sha256()
     async for request in requests:
-        if request.WhichOneof("part") != "chunk":
+        part = request.WhichOneof("part")
+        if part == "chunk":
+            size += len(request.chunk)
+            hasher.update(request.chunk)
+            yield request.chunk
+            continue
+        if part != "finish":
             raise InvalidArgument("only the first PutObject message may be a header", reason="PUT_HEADER_REPEATED")
-        yield request.chunk
+        finish = request.finish
+        if finish.size_bytes != size:
+            raise InvalidArgument(
+                f"the finish says {finish.size_bytes} bytes but {size} arrived", reason="PUT_SIZE_MISMATCH"
+            )
+        if finish.sha256 and finish.sha256 != hasher.hexdigest():
+            raise InvalidArgument("the finish names another sha256 than the bytes that arrived",
+                                  reason="PUT_SHA256_MISMATCH")
+        return
+    raise InvalidArgument("the PutObject stream ended without a finish; nothing was stored",
+                          reason="PUT_FINISH_MISSING")
 
 
 def _to_proto(ref: ObjectRef) -> object_pb2.ObjectRef:

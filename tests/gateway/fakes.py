@@ -216,6 +216,7 @@ class FakeStorage(storage_service_pb2_grpc.StorageServiceServicer):
         header: storage_service_pb2.PutObjectHeader | None = None
         data = bytearray()
         chunks = 0
+        finished = False
         try:
             async for message in request_iterator:
                 if header is None:
@@ -224,6 +225,11 @@ class FakeStorage(storage_service_pb2_grpc.StorageServiceServicer):
                     header = message.header
                     self.headers.append(header)
                     continue
+                if message.HasField("finish"):
+                    if message.finish.size_bytes != len(data):
+                        raise InvalidArgument("size mismatch", reason="PUT_SIZE_MISMATCH")
+                    finished = True
+                    break
                 data += message.chunk
                 chunks += 1
                 assert len(message.chunk) <= 1024 * 1024
@@ -237,6 +243,8 @@ class FakeStorage(storage_service_pb2_grpc.StorageServiceServicer):
             self.aborted_uploads.append(header.key if header else "")
             raise
         assert header is not None
+        if not finished:  # like storage: a stream without its finish stores nothing
+            raise InvalidArgument("no finish", reason="PUT_FINISH_MISSING")
         content_type = header.content_type or "application/octet-stream"
         self.objects[header.key] = StoredObject(bytes(data), content_type, chunks)
         return storage_service_pb2.PutObjectResponse(object=self.ref(header.key))

@@ -1,9 +1,11 @@
-"""Fixtures: a local backend in tmp_path, and the whole service behind a real gRPC server."""
+"""Fixtures: a local backend in tmp_path, the whole service behind a real gRPC server, and the
+s3 backend against SeaweedFS (one server per test session, one bucket per test)."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import cast
 
@@ -12,9 +14,11 @@ import pytest
 from comfyfleet.storage.v1 import storage_service_pb2_grpc
 
 from services.common.grpc_server import CHANNEL_OPTIONS, SERVER_OPTIONS
-from services.storage.config import Settings
+from services.storage.config import S3Settings, Settings
 from services.storage.local_backend import LocalBackend
+from services.storage.s3_backend import S3Backend
 from services.storage.server import build_servicer, open_backend, register
+from tests.storage.seaweed import SeaweedS3
 
 SIGNING_KEY = b"test-signing-key-0123456789abcdef"
 PUBLIC_URL = "http://gateway.test:8080"
@@ -68,3 +72,42 @@ async def storage(tmp_path: Path) -> AsyncIterator[RunningStorage]:
         await channel.close()
         await server.stop(None)
         await backend.close()
+
+
+# -- the s3 backend, against a real S3 server (SeaweedFS) started once per test session -------
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweed"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def bucket(seaweed: SeaweedS3) -> Iterator[str]:
+    """A fresh bucket name per test (the backend creates it); emptied and removed afterwards."""
+    name = f"t-{uuid.uuid4().hex[:16]}"
+    yield name
+    client = seaweed.client()
+    if client.bucket_exists(name):
+        for key in seaweed.keys(name):
+            client.remove_object(name, key)
+        client.remove_bucket(name)
+
+
+def s3_settings(seaweed: SeaweedS3, bucket: str, **overrides: object) -> S3Settings:
+    env = seaweed.env(bucket)
+    base = S3Settings(endpoint=env["STORAGE_S3_ENDPOINT"], access_key=env["STORAGE_S3_ACCESS_KEY"],
+                      secret_key=env["STORAGE_S3_SECRET_KEY"], bucket=bucket, part_size_bytes=5 * 1024 * 1024)
+    return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def s3_backend(seaweed: SeaweedS3, bucket: str) -> AsyncIterator[S3Backend]:
+    backend = await S3Backend.open(s3_settings(seaweed, bucket))
+    yield backend
+    await backend.close()

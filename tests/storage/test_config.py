@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from services.storage.config import Settings, load_settings
+from services.storage.config import S3Settings, Settings, load_settings
 from services.storage.errors import SettingsError
 
 
@@ -56,11 +56,41 @@ def test_values_from_the_environment(key_file: Path) -> None:
     assert settings.url_ttl_seconds == 60
 
 
+S3_ENV = {
+    "STORAGE_BACKEND": "s3",
+    "STORAGE_S3_ENDPOINT": "minio:9000",
+    "STORAGE_S3_ACCESS_KEY": "access",
+    "STORAGE_S3_SECRET_KEY": "secret-value",
+}
+
+
+def test_s3_settings_with_defaults_and_overrides(key_file: Path) -> None:
+    settings = load_settings({"STORAGE_URL_SIGNING_KEY_FILE": str(key_file), **S3_ENV})
+    assert settings.backend == "s3"
+    assert settings.s3 == S3Settings(endpoint="minio:9000", access_key="access", secret_key="secret-value")
+    assert "secret-value" not in repr(settings)
+    settings = load_settings({
+        "STORAGE_URL_SIGNING_KEY_FILE": str(key_file), **S3_ENV,
+        "STORAGE_S3_BUCKET": "media.example", "STORAGE_S3_SECURE": "true", "STORAGE_S3_REGION": "eu-west-1",
+        "STORAGE_S3_PUBLIC_ENDPOINT": "files.example.com", "STORAGE_S3_PART_SIZE_MIB": "16",
+        "STORAGE_S3_PARALLEL_PARTS": "4",
+    })
+    assert settings.s3 == S3Settings(
+        endpoint="minio:9000", access_key="access", secret_key="secret-value", bucket="media.example", secure=True,
+        region="eu-west-1", public_endpoint="files.example.com", part_size_bytes=16 * 1024 * 1024, parallel_parts=4,
+    )
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"STORAGE_BACKEND": "s3"}, "STORAGE_BACKEND='s3' is not available yet; supported: local"),
-        ({"STORAGE_BACKEND": "gcs"}, "STORAGE_BACKEND='gcs' is unknown; supported: local"),
+        ({"STORAGE_BACKEND": "s3"},
+         "STORAGE_BACKEND=s3 needs STORAGE_S3_ENDPOINT, STORAGE_S3_ACCESS_KEY, STORAGE_S3_SECRET_KEY"),
+        ({**S3_ENV, "STORAGE_S3_BUCKET": "Bad_Bucket"}, "STORAGE_S3_BUCKET='Bad_Bucket' is not a valid bucket name"),
+        ({**S3_ENV, "STORAGE_S3_ENDPOINT": "http://minio:9000"}, "STORAGE_S3_ENDPOINT='http://minio:9000' must be"),
+        ({**S3_ENV, "STORAGE_S3_SECURE": "maybe"}, "STORAGE_S3_SECURE='maybe' must be true or false"),
+        ({**S3_ENV, "STORAGE_S3_PART_SIZE_MIB": "4"}, "STORAGE_S3_PART_SIZE_MIB='4' must be a whole number in 5..512"),
+        ({"STORAGE_BACKEND": "gcs"}, "STORAGE_BACKEND='gcs' is unknown; supported: local, s3"),
         ({"STORAGE_LISTEN": "50052"}, "STORAGE_LISTEN='50052' must be host:port"),
         ({"STORAGE_PUBLIC_URL": "gateway:8080"}, "STORAGE_PUBLIC_URL='gateway:8080' must be an http"),
         ({"STORAGE_URL_TTL_SECONDS": "0"}, "STORAGE_URL_TTL_SECONDS='0' must be"),

@@ -61,7 +61,8 @@ async def test_serves_with_defaults_under_var_and_stops_on_sigterm(tmp_path: Pat
         async with grpc.aio.insecure_channel(address) as channel:
             stub = storage_service_pb2_grpc.StorageServiceStub(channel)
             header = pb.PutObjectRequest(header=pb.PutObjectHeader(key="outputs/wf1/9/a.txt"))
-            ref = (await stub.PutObject(iter([header, pb.PutObjectRequest(chunk=b"hello")]))).object
+            finish = pb.PutObjectRequest(finish=pb.PutObjectFinish(size_bytes=5))
+            ref = (await stub.PutObject(iter([header, pb.PutObjectRequest(chunk=b"hello"), finish]))).object
             presigned = await stub.PresignObject(pb.PresignObjectRequest(key=ref.key))
         assert presigned.url.startswith("http://127.0.0.1:8080/v1/objects/outputs/wf1/9/a.txt?expires=")
         assert (tmp_path / "var/objects/data/outputs/wf1/9/a.txt").read_bytes() == b"hello"

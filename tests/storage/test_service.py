@@ -26,10 +26,22 @@ MiB = 1024 * 1024
 
 
 def put_requests(
-    key: str, chunks: Iterable[bytes], *, content_type: str = "", max_size_bytes: int = 0
+    key: str,
+    chunks: Iterable[bytes],
+    *,
+    content_type: str = "",
+    max_size_bytes: int = 0,
+    finish: pb.PutObjectFinish | bool = True,
 ) -> list[pb.PutObjectRequest]:
+    """A whole PutObject stream; `finish` True = the right size, False = none, or a given one."""
+    chunks = list(chunks)
     header = pb.PutObjectHeader(key=key, content_type=content_type, max_size_bytes=max_size_bytes)
-    return [pb.PutObjectRequest(header=header), *(pb.PutObjectRequest(chunk=c) for c in chunks)]
+    requests = [pb.PutObjectRequest(header=header), *(pb.PutObjectRequest(chunk=c) for c in chunks)]
+    if finish is True:
+        finish = pb.PutObjectFinish(size_bytes=sum(map(len, chunks)))
+    if isinstance(finish, pb.PutObjectFinish):
+        requests.append(pb.PutObjectRequest(finish=finish))
+    return requests
 
 
 async def put(storage: RunningStorage, key: str, data: bytes, *, content_type: str = "") -> object_pb2.ObjectRef:
@@ -90,7 +102,14 @@ async def test_delete_by_prefix(storage: RunningStorage) -> None:
     [
         ([], "PUT_HEADER_MISSING"),
         ([pb.PutObjectRequest(chunk=b"data first")], "PUT_HEADER_MISSING"),
-        (put_requests("inputs/wf1/p/a", [b"x"]) + put_requests("inputs/wf1/p/b", []), "PUT_HEADER_REPEATED"),
+        (put_requests("inputs/wf1/p/a", [b"x"], finish=False) + put_requests("inputs/wf1/p/b", []),
+         "PUT_HEADER_REPEATED"),
+        # a stream that ends without its finish (a cancelled client can look like this)
+        (put_requests("inputs/wf1/p/a", [b"x" * 100], finish=False), "PUT_FINISH_MISSING"),
+        (put_requests("inputs/wf1/p/a", [], finish=False), "PUT_FINISH_MISSING"),
+        (put_requests("inputs/wf1/p/a", [b"x" * 100], finish=pb.PutObjectFinish(size_bytes=101)), "PUT_SIZE_MISMATCH"),
+        (put_requests("inputs/wf1/p/a", [b"x" * 100], finish=pb.PutObjectFinish(size_bytes=100, sha256="ab" * 32)),
+         "PUT_SHA256_MISMATCH"),
         (put_requests("../etc/passwd", [b"x"]), "KEY_INVALID"),
         (put_requests("inputs/wf1/p/a", [b"x"], content_type="a\nb"), "CONTENT_TYPE_INVALID"),
     ],
@@ -195,6 +214,7 @@ async def test_a_20_mb_object_streams_through_without_being_held_whole(storage: 
             chunk = os.urandom(MiB)
             sent.update(chunk)
             yield pb.PutObjectRequest(chunk=chunk)
+        yield pb.PutObjectRequest(finish=pb.PutObjectFinish(size_bytes=size, sha256=sent.hexdigest()))
 
     tracemalloc.start()
     try:
@@ -238,3 +258,20 @@ async def _until(condition: Callable[[], bool]) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("condition not met within 5 s")
+
+
+async def test_a_previous_object_survives_a_stream_that_ends_without_its_finish(storage: RunningStorage) -> None:
+    old = await put(storage, "inputs/wf1/p/a.bin", b"old bytes")
+    code, reason, _ = await rpc_error(
+        storage.stub.PutObject(iter(put_requests("inputs/wf1/p/a.bin", [b"new, cut short"], finish=False)))
+    )
+    assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "PUT_FINISH_MISSING")
+    assert await get(storage, pb.GetObjectRequest(key="inputs/wf1/p/a.bin")) == (old, b"old bytes")
+
+
+async def test_a_finish_with_the_right_sha256_is_stored(storage: RunningStorage) -> None:
+    data = os.urandom(1000)
+    finish = pb.PutObjectFinish(size_bytes=1000, sha256=hashlib.sha256(data).hexdigest())
+    response = await storage.stub.PutObject(iter(put_requests("inputs/wf1/p/a.bin", [data], finish=finish)))
+    assert response.object.sha256 == finish.sha256
+    assert (await get(storage, pb.GetObjectRequest(key="inputs/wf1/p/a.bin")))[1] == data
