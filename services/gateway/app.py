@@ -13,10 +13,21 @@ from starlette.routing import Route
 
 from services.common.errors import ComfyfleetError
 from services.common.grpc_server import CHANNEL_OPTIONS
-from services.gateway import health_routes, object_routes, user_routes, workflow_routes
+from services.gateway import (
+    health_routes,
+    object_routes,
+    runner_routes,
+    template_routes,
+    user_routes,
+    workflow_routes,
+)
 from services.gateway.config import GatewaySettings
 from services.gateway.context import Gateway
+from services.gateway.dashboard import DashboardRoute
 from services.gateway.errors import ErrorBodyMiddleware, handle_domain_error, handle_http_exception
+from services.gateway.metrics import Metrics, MetricsMiddleware, metrics_route
+from services.gateway.openapi import openapi_route
+from services.gateway.rate_limit import RateLimitMiddleware
 from services.gateway.scheduler_client import GrpcScheduler
 from services.gateway.storage_client import GrpcStorage
 
@@ -25,14 +36,32 @@ CHANNEL_CLOSE_GRACE_SECONDS = 1.0
 ROUTES = [
     Route("/healthz", health_routes.healthz, methods=["GET"]),
     Route("/readyz", health_routes.readyz, methods=["GET"]),
+    Route("/metrics", metrics_route, methods=["GET"]),
+    Route("/openapi.json", openapi_route, methods=["GET"]),
     Route("/v1/user", user_routes.get_user, methods=["GET"]),
     Route("/v1/workflow", workflow_routes.create_workflow, methods=["POST"]),
     Route("/v1/workflow", workflow_routes.list_workflows, methods=["GET"]),
     Route("/v1/workflow/{id}", workflow_routes.get_workflow, methods=["GET"]),
+    Route("/v1/workflow/{id}", workflow_routes.delete_workflow, methods=["DELETE"]),
+    Route("/v1/workflow/{id}/rerun", workflow_routes.rerun_workflow, methods=["POST"]),
     Route("/v1/workflow/{id}/cancel", workflow_routes.cancel_workflow, methods=["POST"]),
     Route("/v1/workflow/{id}/subscribe", workflow_routes.subscribe, methods=["GET"]),
     Route("/v1/workflow/{id}/outputs", workflow_routes.list_outputs, methods=["GET"]),
+    Route("/v1/runner", runner_routes.create_runner, methods=["POST"]),
+    Route("/v1/runner", runner_routes.list_runners, methods=["GET"]),
+    Route("/v1/runner/{id}", runner_routes.get_runner, methods=["GET"]),
+    Route("/v1/runner/{id}", runner_routes.update_runner, methods=["PUT"]),
+    Route("/v1/runner/{id}", runner_routes.delete_runner, methods=["DELETE"]),
+    Route("/v1/runner/{id}/interrupt", runner_routes.interrupt_runner, methods=["POST"]),
+    Route("/v1/runner-token", runner_routes.create_runner_token, methods=["POST"]),
+    Route("/v1/template", template_routes.create_template, methods=["POST"]),
+    Route("/v1/template", template_routes.list_templates, methods=["GET"]),
+    Route("/v1/template/{id}", template_routes.get_template, methods=["GET"]),
+    Route("/v1/template/{id}", template_routes.update_template, methods=["PUT"]),
+    Route("/v1/template/{id}", template_routes.delete_template, methods=["DELETE"]),
+    Route("/v1/template/{id}/run", template_routes.run_template, methods=["POST"]),
     Route("/v1/objects/{key:path}", object_routes.download_object, methods=["GET"]),
+    DashboardRoute(),  # GET / and the dashboard's static files (services/gateway/dashboard)
 ]
 
 
@@ -55,9 +84,17 @@ def create_app(settings: GatewaySettings) -> Starlette:
             await scheduler.close(CHANNEL_CLOSE_GRACE_SECONDS)
             await storage.close(CHANNEL_CLOSE_GRACE_SECONDS)
 
-    return Starlette(
+    metrics = Metrics()
+    app = Starlette(
         routes=ROUTES,
         lifespan=lifespan,
-        middleware=[Middleware(ErrorBodyMiddleware)],
+        middleware=[
+            Middleware(MetricsMiddleware, metrics=metrics, routes=ROUTES),
+            Middleware(ErrorBodyMiddleware),
+            Middleware(RateLimitMiddleware, limit=settings.rate_limit_requests,
+                       window_seconds=settings.rate_limit_window_seconds),
+        ],
         exception_handlers={ComfyfleetError: handle_domain_error, HTTPException: handle_http_exception},
     )
+    app.state.metrics = metrics
+    return app

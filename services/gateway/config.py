@@ -8,6 +8,8 @@
 | GATEWAY_STORAGE                 | 127.0.0.1:50052    | gRPC address of storage                   |
 | GATEWAY_MAX_REQUEST_BYTES       | 52428800 (50 MiB)  | size limit of one request body            |
 | GATEWAY_SSE_KEEPALIVE_SECONDS   | 15                 | interval of SSE keep-alive comments       |
+| GATEWAY_RATE_LIMIT_REQUESTS     | 40                 | requests per token per window (0 = off)   |
+| GATEWAY_RATE_LIMIT_WINDOW_SECONDS | 10               | the rate limit's sliding window           |
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class GatewaySettings:
     storage_address: str = "127.0.0.1:50052"
     max_request_bytes: int = 50 * 1024 * 1024
     sse_keepalive_seconds: float = 15.0
+    rate_limit_requests: int = 40
+    rate_limit_window_seconds: float = 10.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> GatewaySettings:
@@ -40,6 +44,9 @@ class GatewaySettings:
             storage_address=_text(env, "GATEWAY_STORAGE", default.storage_address),
             max_request_bytes=_integer(env, "GATEWAY_MAX_REQUEST_BYTES", default.max_request_bytes, minimum=1),
             sse_keepalive_seconds=_seconds(env, "GATEWAY_SSE_KEEPALIVE_SECONDS", default.sse_keepalive_seconds),
+            rate_limit_requests=_integer(env, "GATEWAY_RATE_LIMIT_REQUESTS", default.rate_limit_requests, minimum=0),
+            rate_limit_window_seconds=_seconds(env, "GATEWAY_RATE_LIMIT_WINDOW_SECONDS",
+                                               default.rate_limit_window_seconds),
         )
 
 

@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from comfyfleet.scheduler.v1 import user_pb2, workflow_pb2
+from comfyfleet.scheduler.v1 import runner_pb2, template_pb2, user_pb2, workflow_pb2
 from google.protobuf import timestamp_pb2
 
 Json = dict[str, Any]
@@ -217,3 +217,56 @@ def user(u: user_pb2.User) -> Json:
         "created_at": rfc3339(u.created_at if u.HasField("created_at") else None),
         "updated_at": rfc3339(u.updated_at if u.HasField("updated_at") else None),
     }
+
+
+RUNNER_STATUS_NAMES: dict[int, str] = {
+    runner_pb2.RUNNER_STATUS_ACTIVE: "active",
+    runner_pb2.RUNNER_STATUS_DISABLED: "disabled",
+}
+RUNNER_STATUS_BY_NAME: dict[str, runner_pb2.RunnerStatus.ValueType] = {
+    "active": runner_pb2.RUNNER_STATUS_ACTIVE,
+    "disabled": runner_pb2.RUNNER_STATUS_DISABLED,
+}
+
+
+def _time(message: Any, name: str) -> str | None:
+    return rfc3339(getattr(message, name) if message.HasField(name) else None)
+
+
+def runner(r: runner_pb2.Runner) -> Json:
+    """A runner (header values arrive masked from the scheduler)."""
+    return {
+        "id": r.id,
+        "user_id": r.user_id,
+        "name": r.name,
+        "status": RUNNER_STATUS_NAMES.get(r.status, "active"),
+        "endpoint": _or_null(r.endpoint),
+        "tags": list(r.tags),
+        "headers": dict(sorted(r.headers.items())),
+        "created_at": _time(r, "created_at"),
+        "updated_at": _time(r, "updated_at"),
+        "connection": "online" if r.connection == runner_pb2.RUNNER_CONNECTION_ONLINE else "offline",
+        "last_seen_at": _time(r, "last_seen_at"),
+        "slots": r.slots,
+        "in_flight": r.in_flight,
+        "comfyui_version": _or_null(r.comfyui_version),
+    }
+
+
+def template(t: template_pb2.Template, *, with_body: bool = True) -> Json:
+    """A template; the list leaves out `body`."""
+    shown: Json = {"id": t.id, "user_id": t.user_id, "name": t.name, "description": t.description}
+    if with_body:
+        shown["body"] = _parsed_graph(t.body)
+    shown["created_at"] = _time(t, "created_at")
+    shown["updated_at"] = _time(t, "updated_at")
+    return shown
+
+
+def limits(found: user_pb2.UserLimits) -> Json:
+    """`{"runners": {"max": 10, "used": 2}, ...}`; `used` is null for per-workflow limits."""
+    shown: Json = {}
+    for name in ("parameters_per_workflow", "runners", "templates", "concurrent_workflows"):
+        limit = getattr(found, name)
+        shown[name] = {"max": limit.max, "used": limit.used if limit.HasField("used") else None}
+    return shown

@@ -8,10 +8,14 @@ use; `GrpcScheduler` implements it over a grpc.aio channel. Failed calls raise d
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from comfyfleet.scheduler.v1 import (
+    runner_pb2,
+    runner_service_pb2_grpc,
+    template_service_pb2_grpc,
     user_pb2,
     user_service_pb2,
     user_service_pb2_grpc,
@@ -27,6 +31,8 @@ RPC_TIMEOUT_SECONDS = 10.0
 CREATE_TIMEOUT_SECONDS = 30.0
 
 Workflow = workflow_pb2.Workflow
+Runner = runner_pb2.Runner
+R = TypeVar("R")
 WatchMessage = workflow_service_pb2.WatchWorkflowResponse
 
 
@@ -41,13 +47,20 @@ class Scheduler(Protocol):
     """What the gateway needs from the scheduler; `auth` is the caller's Authorization header."""
 
     async def get_user(self, auth: str) -> user_pb2.User: ...
+    async def get_user_with_limits(self, auth: str) -> user_service_pb2.GetUserResponse: ...
     async def create_workflow(self, auth: str, request: workflow_service_pb2.CreateWorkflowRequest) -> Workflow: ...
     async def get_workflow(self, auth: str, workflow_id: str) -> Workflow: ...
     async def list_workflows(
         self, auth: str, request: workflow_service_pb2.ListWorkflowsRequest
     ) -> workflow_service_pb2.ListWorkflowsResponse: ...
     async def cancel_workflow(self, auth: str, workflow_id: str) -> Workflow: ...
+    async def rerun_workflow(self, auth: str, request: workflow_service_pb2.RerunWorkflowRequest) -> Workflow: ...
+    async def delete_workflow(self, auth: str, workflow_id: str) -> None: ...
     def watch_workflow(self, auth: str, workflow_id: str, *, after_seq: int, from_start: bool) -> WorkflowWatch: ...
+    async def runners(self, auth: str, method: str, request: Any) -> Any:
+        """A RunnerService method by name (CreateRunner, ListRunners, ...): its response."""
+    async def templates(self, auth: str, method: str, request: Any) -> Any:
+        """A TemplateService method by name (CreateTemplate, RunTemplate, ...): its response."""
 
 
 def _metadata(auth: str) -> tuple[tuple[str, str], ...]:
@@ -80,6 +93,16 @@ class GrpcScheduler:
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self._users = user_service_pb2_grpc.UserServiceStub(channel)
         self._workflows = workflow_service_pb2_grpc.WorkflowServiceStub(channel)
+        self._runners = runner_service_pb2_grpc.RunnerServiceStub(channel)
+        self._templates = template_service_pb2_grpc.TemplateServiceStub(channel)
+
+    async def templates(self, auth: str, method: str, request: Any) -> Any:
+        call: Callable[..., Awaitable[Any]] = getattr(self._templates, method)
+        return await _unary(call, request, auth)
+
+    async def runners(self, auth: str, method: str, request: Any) -> Any:
+        call: Callable[..., Awaitable[Any]] = getattr(self._runners, method)
+        return await _unary(call, request, auth)
 
     async def get_user(self, auth: str) -> user_pb2.User:
         try:
@@ -89,6 +112,9 @@ class GrpcScheduler:
         except grpc.aio.AioRpcError as err:
             raise from_grpc(err, "scheduler") from None
         return response.user
+
+    async def get_user_with_limits(self, auth: str) -> user_service_pb2.GetUserResponse:
+        return await _unary(self._users.GetUser, user_service_pb2.GetUserRequest(include_limits=True), auth)
 
     async def create_workflow(self, auth: str, request: workflow_service_pb2.CreateWorkflowRequest) -> Workflow:
         try:
@@ -131,8 +157,34 @@ class GrpcScheduler:
             raise from_grpc(err, "scheduler") from None
         return response.workflow
 
+    async def rerun_workflow(self, auth: str, request: workflow_service_pb2.RerunWorkflowRequest) -> Workflow:
+        try:
+            response = await self._workflows.RerunWorkflow(
+                request, metadata=_metadata(auth), timeout=CREATE_TIMEOUT_SECONDS
+            )
+        except grpc.aio.AioRpcError as err:
+            raise from_grpc(err, "scheduler") from None
+        return response.workflow
+
+    async def delete_workflow(self, auth: str, workflow_id: str) -> None:
+        try:
+            await self._workflows.DeleteWorkflow(
+                workflow_service_pb2.DeleteWorkflowRequest(id=workflow_id),
+                metadata=_metadata(auth),
+                timeout=CREATE_TIMEOUT_SECONDS,
+            )
+        except grpc.aio.AioRpcError as err:
+            raise from_grpc(err, "scheduler") from None
+
     def watch_workflow(self, auth: str, workflow_id: str, *, after_seq: int, from_start: bool) -> GrpcWatch:
         request = workflow_service_pb2.WatchWorkflowRequest(
             id=workflow_id, after_seq=after_seq, from_start=from_start
         )
         return GrpcWatch(self._workflows.WatchWorkflow(request, metadata=_metadata(auth)))
+
+
+async def _unary(call: Callable[..., Awaitable[R]], request: Any, auth: str) -> R:
+    try:
+        return await call(request, metadata=_metadata(auth), timeout=RPC_TIMEOUT_SECONDS)
+    except grpc.aio.AioRpcError as err:
+        raise from_grpc(err, "scheduler") from None

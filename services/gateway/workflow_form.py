@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Any
+from typing import Any, Literal
 
 from comfyfleet.scheduler.v1 import workflow_pb2, workflow_service_pb2
 
@@ -33,6 +33,13 @@ MAX_WORKFLOW_JSON_BYTES = 4 * 1024 * 1024
 FILENAME_MAX_CHARS = 200
 _UNSAFE_FILENAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 _MEDIA_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]{1,127}/[A-Za-z0-9!#$&^_.+-]{1,127}(;[ -~]{0,200})?")
+
+
+FormMode = Literal["create", "rerun", "template"]
+_REFUSED_MESSAGE = {
+    "rerun": "a rerun keeps the workflow's {field}; send only $<name>, #<name> or priority",
+    "template": "a template run takes its graph from the template; {field} is not accepted",
+}
 
 
 def invalid_field(field: str, message: str, *, reason: str = "INVALID_FIELD", **extra: Any) -> InvalidArgument:
@@ -111,8 +118,15 @@ class CreateForm:
     can delete them when the request fails.
     """
 
-    def __init__(self, workflow_id: str, storage: Storage, *, max_file_bytes: int) -> None:
+    def __init__(
+        self, workflow_id: str, storage: Storage, *, max_file_bytes: int, mode: FormMode = "create"
+    ) -> None:
         self.workflow_id = workflow_id
+        # A rerun takes only the fields to change: $<name>, #<name> and priority; a template
+        # run all but workflow_json (the template is the graph), with name optional.
+        self.mode = mode
+        self.rerun = mode == "rerun"
+        self._refused = {"create": (), "rerun": ("name", "workflow_json", "tags"), "template": ("workflow_json",)}[mode]
         self.input_prefix = f"inputs/{workflow_id}/"
         self.stored_files = False
         self._storage = storage
@@ -120,7 +134,8 @@ class CreateForm:
 
     async def read(self, reader: MultipartReader) -> workflow_service_pb2.CreateWorkflowRequest:
         request = workflow_service_pb2.CreateWorkflowRequest(
-            id=self.workflow_id, priority=workflow_pb2.PRIORITY_NORMAL
+            id=self.workflow_id,
+            priority=workflow_pb2.PRIORITY_UNSPECIFIED if self.rerun else workflow_pb2.PRIORITY_NORMAL,
         )
         seen: set[str] = set()
         async for part in reader.parts():
@@ -135,6 +150,8 @@ class CreateForm:
                 request.inputs.append(await self._store_file(part))
                 continue
             seen.add(field)
+            if field in self._refused:
+                raise invalid_field(field, _REFUSED_MESSAGE[self.mode].format(field=field), reason="UNKNOWN_FIELD")
             if field == "name":
                 request.name = parse_name(await _text(part))
             elif field == "workflow_json":
@@ -151,7 +168,7 @@ class CreateForm:
                     f"unknown field {field!r}: expected name, workflow_json, tags, priority, $<name> or #<name>",
                     reason="UNKNOWN_FIELD",
                 )
-        for required in ("name", "workflow_json"):
+        for required in ("name", "workflow_json") if self.mode == "create" else ():
             if required not in seen:
                 raise invalid_field(required, f"missing required field {required!r}", reason="MISSING_FIELD")
         return request

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from services.scheduler.core.tiers import DEFAULT_LIMITS, TierLimits, parse_limits
 
 
 @dataclass(frozen=True)
@@ -12,13 +15,21 @@ class Settings:
     listen: str = "127.0.0.1:50051"
     database_url: str = "sqlite+aiosqlite:///./var/scheduler.db"
     storage_address: str = "127.0.0.1:50052"
-    # A runner is offline when nothing arrives on its session for this long.
-    lease_seconds: float = 10.0
-    heartbeat_seconds: float = 2.0
+    # A runner is offline when nothing arrives on its session for this long (its lease), and
+    # its work goes back to placement; it is told to send a heartbeat this often.
+    # SCHEDULER_LEASE_SECONDS, SCHEDULER_HEARTBEAT_SECONDS.
+    lease_seconds: float = 15.0
+    heartbeat_seconds: float = 5.0
     # Executions per workflow before a lost runner makes it fail instead of requeue.
     max_attempts: int = 3
+    # Per-tier limits: the defaults with SCHEDULER_LIMITS_FILE's overrides (core/tiers.py).
+    tier_limits: Mapping[str, TierLimits] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
     # Where `make run` finds its development tokens; empty disables bootstrapping.
     bootstrap_dir: str = "./var"
+    # Outputs older than this are deleted, objects and records (retention.py); 0 = forever.
+    # SCHEDULER_OUTPUT_RETENTION_DAYS, SCHEDULER_RETENTION_SWEEP_SECONDS.
+    output_retention_days: float = 30.0
+    retention_sweep_seconds: float = 3600.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -32,7 +43,19 @@ class Settings:
             heartbeat_seconds=float(e.get("SCHEDULER_HEARTBEAT_SECONDS", d.heartbeat_seconds)),
             max_attempts=int(e.get("SCHEDULER_MAX_ATTEMPTS", d.max_attempts)),
             bootstrap_dir=e.get("SCHEDULER_BOOTSTRAP_DIR", d.bootstrap_dir),
+            output_retention_days=float(e.get("SCHEDULER_OUTPUT_RETENTION_DAYS", d.output_retention_days)),
+            retention_sweep_seconds=float(e.get("SCHEDULER_RETENTION_SWEEP_SECONDS", d.retention_sweep_seconds)),
+            tier_limits=parse_limits(Path(e["SCHEDULER_LIMITS_FILE"]).read_text())
+            if e.get("SCHEDULER_LIMITS_FILE") else d.tier_limits,
         )
+
+    def __post_init__(self) -> None:
+        if not 0 < self.heartbeat_seconds < self.lease_seconds:
+            raise ValueError("SCHEDULER_HEARTBEAT_SECONDS must be above 0 and below SCHEDULER_LEASE_SECONDS")
+        if self.max_attempts < 1:
+            raise ValueError("SCHEDULER_MAX_ATTEMPTS must be at least 1")
+        if self.output_retention_days < 0 or self.retention_sweep_seconds <= 0:
+            raise ValueError("SCHEDULER_OUTPUT_RETENTION_DAYS must be >= 0 and SCHEDULER_RETENTION_SWEEP_SECONDS > 0")
 
     @property
     def bootstrap_path(self) -> Path | None:

@@ -3,9 +3,12 @@
     ComfyfleetError
     ├── InvalidArgument  ── InvalidWorkflow (reason INVALID_WORKFLOW), InvalidPlaceholder
     ├── Unauthenticated
-    ├── NotFound         ── WorkflowNotFound (reason WORKFLOW_NOT_FOUND)
+    ├── NotFound         ── WorkflowNotFound (reason WORKFLOW_NOT_FOUND),
+    │                       RunnerNotFound (reason RUNNER_NOT_FOUND),
+    │                       TemplateNotFound (reason TEMPLATE_NOT_FOUND)
     └── Conflict         ── IllegalTransition (reason ILLEGAL_TRANSITION), AlreadyTerminal,
-                            WorkflowExists (reason WORKFLOW_EXISTS)
+                            WorkflowExists (reason WORKFLOW_EXISTS),
+                            WorkflowNotFinished (reason WORKFLOW_NOT_FINISHED)
 """
 
 from __future__ import annotations
@@ -30,9 +33,12 @@ __all__ = [
     "InvalidWorkflow",
     "NotFound",
     "PermissionDenied",
+    "RunnerNotFound",
+    "TemplateNotFound",
     "Unauthenticated",
     "Unavailable",
     "WorkflowExists",
+    "WorkflowNotFinished",
     "WorkflowNotFound",
 ]
 
@@ -67,3 +73,27 @@ class WorkflowExists(Conflict):
 
     def __init__(self, workflow_id: str) -> None:
         super().__init__("a workflow with this id already exists", details=[{"id": workflow_id}])
+
+
+class WorkflowNotFinished(Conflict):
+    """Deleting a workflow that has not reached a terminal state."""
+
+    default_reason = "WORKFLOW_NOT_FINISHED"
+
+    def __init__(self, workflow_id: str, status: str) -> None:
+        super().__init__(f"workflow is {status}; only a finished workflow can be deleted",
+                         details=[{"id": workflow_id, "status": status}])
+
+
+class RunnerNotFound(NotFound):
+    default_reason = "RUNNER_NOT_FOUND"
+
+    def __init__(self, runner_id: str) -> None:
+        super().__init__("runner not found", details=[{"id": runner_id}])
+
+
+class TemplateNotFound(NotFound):
+    default_reason = "TEMPLATE_NOT_FOUND"
+
+    def __init__(self, template_id: str) -> None:
+        super().__init__("template not found", details=[{"id": template_id}])

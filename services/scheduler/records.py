@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from comfyfleet.scheduler.v1 import user_pb2, workflow_pb2
+from comfyfleet.scheduler.v1 import runner_pb2, template_pb2, user_pb2, workflow_pb2
 from comfyfleet.storage.v1 import object_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.scheduler.core.runner_fields import masked
 from services.scheduler.core.state import Status
-from services.scheduler.db.models import OutputRow, UserRow, WorkflowRow
+from services.scheduler.db.models import OutputRow, RunnerRow, TemplateRow, UserRow, WorkflowRow
 
 STATUS_TO_PB = {
     Status.ACCEPTED: workflow_pb2.WORKFLOW_STATUS_ACCEPTED,
@@ -81,3 +82,37 @@ def user_pb(row: UserRow) -> user_pb2.User:
         if (value := ts(getattr(row, name))) is not None:
             getattr(user, name).CopyFrom(value)
     return user
+
+
+RUNNER_STATUS_TO_PB = {"active": runner_pb2.RUNNER_STATUS_ACTIVE, "disabled": runner_pb2.RUNNER_STATUS_DISABLED}
+PB_TO_RUNNER_STATUS = {v: k for k, v in RUNNER_STATUS_TO_PB.items()}
+
+
+def runner_pb(row: RunnerRow, *, online: bool = False, in_flight: int = 0) -> runner_pb2.Runner:
+    """A runner as responses show it: header values masked, connection from the fleet."""
+    runner = runner_pb2.Runner(
+        id=row.id,
+        user_id=row.user_id,
+        name=row.name,
+        status=RUNNER_STATUS_TO_PB.get(row.status, runner_pb2.RUNNER_STATUS_ACTIVE),
+        endpoint=row.endpoint,
+        tags=json.loads(row.tags_json),
+        headers=masked(json.loads(row.headers_json)),
+        connection=runner_pb2.RUNNER_CONNECTION_ONLINE if online else runner_pb2.RUNNER_CONNECTION_OFFLINE,
+        slots=row.slots,
+        in_flight=in_flight,
+        comfyui_version=row.comfyui_version,
+    )
+    for name in ("created_at", "updated_at", "last_seen_at"):
+        if (value := ts(getattr(row, name))) is not None:
+            getattr(runner, name).CopyFrom(value)
+    return runner
+
+
+def template_pb(row: TemplateRow, *, with_body: bool = True) -> template_pb2.Template:
+    template = template_pb2.Template(id=row.id, user_id=row.user_id, name=row.name, description=row.description,
+                                     body=row.body if with_body else "")
+    for name in ("created_at", "updated_at"):
+        if (value := ts(getattr(row, name))) is not None:
+            getattr(template, name).CopyFrom(value)
+    return template

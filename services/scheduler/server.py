@@ -1,26 +1,47 @@
-"""Wiring: settings, database, stores, fleet, hub, servicers, background tasks, gRPC server."""
+"""Wiring: settings, database, stores, fleet, hub, servicers, background tasks, gRPC server.
+
+`SchedulerApp.start` builds every object `run` serves; tests build the same app and serve it
+on port 0 (`register` + `stop`), so the wiring exists once.
+
+Input files are deleted when their workflow finishes (input_sweeper.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 
+import grpc
 from comfyfleet.runner.v1 import runner_session_service_pb2_grpc
-from comfyfleet.scheduler.v1 import user_service_pb2_grpc, workflow_service_pb2_grpc
+from comfyfleet.scheduler.v1 import (
+    runner_service_pb2_grpc,
+    template_service_pb2_grpc,
+    user_service_pb2_grpc,
+    workflow_service_pb2_grpc,
+)
 
 from services.common.grpc_server import serve
 from services.scheduler.bootstrap import ensure_dev_tokens
 from services.scheduler.config import Settings
 from services.scheduler.db.engine import Database
 from services.scheduler.db.identity_store import IdentityStore
-from services.scheduler.db.models import WorkflowRow
+from services.scheduler.db.runner_store import RunnerStore
+from services.scheduler.db.template_store import TemplateStore
 from services.scheduler.db.workflow_store import WorkflowStore
 from services.scheduler.execution import Execution
 from services.scheduler.fleet import Fleet
 from services.scheduler.hub import EventHub
+from services.scheduler.input_sweeper import InputSweeper
+from services.scheduler.limits import Limits
+from services.scheduler.retention import OutputRetention
+from services.scheduler.runner_servicer import RunnerServicer
+from services.scheduler.runners import Runners
 from services.scheduler.session_servicer import RunnerSessionServicer
 from services.scheduler.storage_client import StorageClient
+from services.scheduler.template_servicer import TemplateServicer
+from services.scheduler.templates import Templates
 from services.scheduler.workflow_servicer import UserServicer, WorkflowServicer
 from services.scheduler.workflows import Workflows
 
@@ -29,68 +50,84 @@ log = logging.getLogger("services.scheduler")
 SERVICE_NAMES = [
     "comfyfleet.scheduler.v1.WorkflowService",
     "comfyfleet.scheduler.v1.UserService",
+    "comfyfleet.scheduler.v1.RunnerService",
+    "comfyfleet.scheduler.v1.TemplateService",
     "comfyfleet.runner.v1.RunnerSessionService",
 ]
 
 
-class InputSweeper:
-    """Deletes the input files of finished workflows, in owned background tasks."""
+@dataclass
+class SchedulerApp:
+    """Every long-lived object of one scheduler process."""
 
-    def __init__(self, storage: StorageClient) -> None:
-        self.storage = storage
-        self.tasks: set[asyncio.Task[None]] = set()
+    settings: Settings
+    db: Database
+    identity: IdentityStore
+    store: WorkflowStore
+    storage: StorageClient
+    execution: Execution
+    workflows: Workflows
+    runners: Runners
+    templates: Templates
+    limits: Limits
+    sessions: RunnerSessionServicer
+    placement: asyncio.Task[None]
+    sweeper: InputSweeper
+    retention: OutputRetention | None = None
 
-    def finished(self, row: WorkflowRow) -> None:
-        task = asyncio.create_task(self._delete(row.id))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+    @classmethod
+    async def start(cls, settings: Settings) -> SchedulerApp:
+        db = Database(settings.database_url)
+        await db.migrate()
+        identity = IdentityStore(db)
+        if (path := settings.bootstrap_path) is not None:
+            await ensure_dev_tokens(identity, path)
+        store = WorkflowStore(db)
+        hub = EventHub()
+        fleet = Fleet()
+        storage = StorageClient(settings.storage_address)
+        runner_store, template_store = RunnerStore(db), TemplateStore(db)
+        limits = Limits(settings.tier_limits, store, runner_store, template_store)
+        sweeper = InputSweeper(storage)
+        execution = Execution(settings, store, hub, fleet, finished=sweeper.finished)
+        workflows = Workflows(store, identity, hub, fleet, kick=execution.kick, finished=sweeper.finished,
+                              storage=storage, limits=limits)
+        runners = Runners(runner_store, identity, store, fleet, execution, workflows, limits)
+        templates = Templates(template_store, workflows, limits)
+        sessions = RunnerSessionServicer(settings, identity, store, fleet, execution)
+        await sessions.expire_orphans_after_start()
+        placement = asyncio.create_task(execution.run_placement(), name="placement")
+        execution.kick()
+        retention = OutputRetention.start(db, settings.storage_address, retention_days=settings.output_retention_days,
+                                          interval_seconds=settings.retention_sweep_seconds)
+        return cls(settings, db, identity, store, storage, execution, workflows, runners, templates, limits,
+                   sessions, placement, sweeper, retention)
 
-    async def _delete(self, workflow_id: str) -> None:
-        try:
-            await self.storage.delete_prefix(f"inputs/{workflow_id}/")
-        except Exception as err:  # storage down: the retention sweep (storage issue) catches it later
-            log.warning("could not delete inputs of %s: %s", workflow_id, err)
+    def register(self, server: grpc.aio.Server) -> None:
+        workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server(
+            WorkflowServicer(self.identity, self.workflows), server)
+        user_service_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(self.identity, self.limits), server)
+        runner_service_pb2_grpc.add_RunnerServiceServicer_to_server(RunnerServicer(self.identity, self.runners), server)
+        template_service_pb2_grpc.add_TemplateServiceServicer_to_server(
+            TemplateServicer(self.identity, self.templates), server)
+        runner_session_service_pb2_grpc.add_RunnerSessionServiceServicer_to_server(self.sessions, server)
 
-    async def close(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+    async def stop(self) -> None:
+        self.placement.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.placement
+        if self.retention is not None:
+            await self.retention.close()
+        await self.sessions.close()
+        await self.sweeper.close()
+        await self.storage.close()
+        await self.db.close()
 
 
 async def run(settings: Settings) -> None:
-    db = Database(settings.database_url)
-    await db.migrate()
-    identity = IdentityStore(db)
-    if (path := settings.bootstrap_path) is not None:
-        await ensure_dev_tokens(identity, path)
-    store = WorkflowStore(db)
-    hub = EventHub()
-    fleet = Fleet()
-    storage = StorageClient(settings.storage_address)
-    sweeper = InputSweeper(storage)
-    execution = Execution(settings, store, hub, fleet, finished=sweeper.finished)
-    workflows = Workflows(store, identity, hub, fleet, kick=execution.kick, finished=sweeper.finished)
-    sessions = RunnerSessionServicer(settings, identity, store, fleet, execution)
-    await sessions.expire_orphans_after_start()
-    placement = asyncio.create_task(execution.run_placement(), name="placement")
-    execution.kick()
-
-    def register(server: object) -> None:
-        workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server(WorkflowServicer(identity, workflows), server)
-        user_service_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(identity), server)
-        runner_session_service_pb2_grpc.add_RunnerSessionServiceServicer_to_server(sessions, server)
-
-    async def on_stop() -> None:
-        placement.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await placement
-        await sessions.close()
-        await sweeper.close()
-        await storage.close()
-        await db.close()
-
-    await serve(settings.listen, register, service_names=SERVICE_NAMES, on_stop=on_stop,
-                before_stop=sessions.close)
+    app = await SchedulerApp.start(settings)
+    await serve(settings.listen, app.register, service_names=SERVICE_NAMES, on_stop=app.stop,
+                before_stop=app.sessions.close)
 
 
 def main() -> None:

@@ -18,7 +18,8 @@ from services.common.grpc_server import maps_domain_errors
 from services.scheduler.db.identity_store import API, IdentityStore
 from services.scheduler.db.models import UserRow
 from services.scheduler.errors import Unauthenticated
-from services.scheduler.records import user_pb, workflow_pb
+from services.scheduler.limits import Limits
+from services.scheduler.records import user_pb
 from services.scheduler.workflows import Workflows
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
@@ -45,8 +46,7 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
         self, request: workflow_service_pb2.CreateWorkflowRequest, context: Context
     ) -> workflow_service_pb2.CreateWorkflowResponse:
         user = await caller(self.identity, context)
-        row = await self.workflows.create(user, request)
-        return workflow_service_pb2.CreateWorkflowResponse(workflow=workflow_pb(row))
+        return workflow_service_pb2.CreateWorkflowResponse(workflow=await self.workflows.create(user, request))
 
     @maps_domain_errors
     async def GetWorkflow(
@@ -71,6 +71,21 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
         return workflow_service_pb2.CancelWorkflowResponse(workflow=await self.workflows.cancel(user, request.id))
 
     @maps_domain_errors
+    async def RerunWorkflow(
+        self, request: workflow_service_pb2.RerunWorkflowRequest, context: Context
+    ) -> workflow_service_pb2.RerunWorkflowResponse:
+        user = await caller(self.identity, context)
+        return workflow_service_pb2.RerunWorkflowResponse(workflow=await self.workflows.rerun(user, request))
+
+    @maps_domain_errors
+    async def DeleteWorkflow(
+        self, request: workflow_service_pb2.DeleteWorkflowRequest, context: Context
+    ) -> workflow_service_pb2.DeleteWorkflowResponse:
+        user = await caller(self.identity, context)
+        await self.workflows.delete(user, request.id)
+        return workflow_service_pb2.DeleteWorkflowResponse()
+
+    @maps_domain_errors
     async def WatchWorkflow(
         self, request: workflow_service_pb2.WatchWorkflowRequest, context: Context
     ) -> AsyncIterator[workflow_service_pb2.WatchWorkflowResponse]:
@@ -80,11 +95,20 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
 
 
 class UserServicer(user_service_pb2_grpc.UserServiceServicer):
-    def __init__(self, identity: IdentityStore) -> None:
+    def __init__(self, identity: IdentityStore, limits: Limits | None = None) -> None:
         self.identity = identity
+        self.limits = limits
 
     @maps_domain_errors
     async def GetUser(
         self, request: user_service_pb2.GetUserRequest, context: Context
     ) -> user_service_pb2.GetUserResponse:
-        return user_service_pb2.GetUserResponse(user=user_pb(await caller(self.identity, context)))
+        user = await caller(self.identity, context)
+        response = user_service_pb2.GetUserResponse(user=user_pb(user))
+        if request.include_limits and self.limits is not None:
+            for name, (maximum, used) in (await self.limits.usage(user)).items():
+                limit = getattr(response.limits, name)
+                limit.max = maximum
+                if used is not None:
+                    limit.used = used
+        return response

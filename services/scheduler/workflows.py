@@ -1,4 +1,8 @@
-"""What users do with workflows: create, read, list, cancel, watch.
+"""What users do with workflows: create, read, list, cancel, watch, rerun, delete.
+
+Input files are kept until their workflow is deleted, so that a rerun can reuse them: it
+copies each file it reuses under its own id, so every workflow owns exactly the objects
+under `inputs/{id}/` and `outputs/{id}/`, and deleting it deletes those two prefixes.
 
 The runner side (assignments, runner events, requeue) is in `execution.py`; both change
 workflows only through `WorkflowStore.change` and the state machine in `core/state.py`.
@@ -9,21 +13,35 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from comfyfleet.runner.v1 import runner_session_service_pb2 as session_pb2
 from comfyfleet.scheduler.v1 import workflow_pb2, workflow_service_pb2
-from google.protobuf.json_format import MessageToDict
+from comfyfleet.storage.v1 import object_pb2
+from google.protobuf.json_format import MessageToDict, ParseDict
 
+from services.scheduler import idempotency
 from services.scheduler.core import placeholders
 from services.scheduler.core.graph import normalise_tags, parse_graph
 from services.scheduler.core.state import Status, transition
 from services.scheduler.db.identity_store import IdentityStore
 from services.scheduler.db.models import OutputRow, UserRow, WorkflowRow
 from services.scheduler.db.workflow_store import WorkflowStore
-from services.scheduler.errors import AlreadyTerminal, InvalidArgument, InvalidWorkflow
+from services.scheduler.errors import (
+    AlreadyTerminal,
+    Conflict,
+    InvalidArgument,
+    InvalidWorkflow,
+    NotFound,
+    Unavailable,
+    WorkflowNotFinished,
+)
 from services.scheduler.fleet import Fleet
 from services.scheduler.hub import OVERFLOW, EventHub
+from services.scheduler.idempotency import Claim
+from services.scheduler.limits import Limits
 from services.scheduler.records import PB_TO_STATUS, utcnow, workflow_pb
+from services.scheduler.storage_client import ObjectStore
 
 MAX_NAME = 200
 
@@ -56,7 +74,11 @@ class Workflows:
         *,
         kick: Callable[[], None],
         finished: Callable[[WorkflowRow], None],
+        storage: ObjectStore | None = None,
+        limits: Limits | None = None,
     ) -> None:
+        self.storage = storage
+        self.limits = limits
         self.store = store
         self.identity = identity
         self.hub = hub
@@ -64,7 +86,18 @@ class Workflows:
         self.kick = kick
         self.finished = finished
 
-    async def create(self, user: UserRow, req: workflow_service_pb2.CreateWorkflowRequest) -> WorkflowRow:
+    async def create(
+        self, user: UserRow, req: workflow_service_pb2.CreateWorkflowRequest, claim: Claim | None = None
+    ) -> workflow_pb2.Workflow:
+        """The new workflow (accepted); with an Idempotency-Key seen before, the first answer.
+
+        `claim` is given by rerun and template run (their own fingerprints); a plain create
+        makes it from `req.idempotency_key`."""
+        if claim is None:
+            claim = idempotency.claim(req.idempotency_key, "create", req.inputs, name=req.name,
+                                      workflow_json=req.workflow_json, tags=list(req.tags), priority=req.priority)
+        if claim is not None and (replayed := await self.store.replay(user.id, claim)) is not None:
+            return replayed
         try:
             workflow_id = str(uuid.UUID(req.id)) if req.id else str(uuid.uuid4())
         except ValueError:
@@ -79,9 +112,13 @@ class Workflows:
         graph = parse_graph(req.workflow_json)
         tags = normalise_tags(list(req.tags))
         found = placeholders.scan(graph)
+        if self.limits is not None:
+            self.limits.check_parameters(user, len({p.field for p in found if p.field}))
         fields = [placeholders.FieldValue(i.field, i.value, i.HasField("object")) for i in req.inputs]
         binding = placeholders.bind(found, fields)
         await self._check_tags_can_match(user, tags)
+        if self.limits is not None:
+            await self.limits.check_new_workflow(user)
 
         now = utcnow()
         preview = []
@@ -110,10 +147,67 @@ class Workflows:
             created_at=now,
             updated_at=now,
         )
-        change = await self.store.create(row)
+        change = await self.store.create(row, claim)
+        if change.replayed is not None:  # the same request raced this one and won
+            return change.replayed
         self.hub.publish(change.events)
         self.kick()
-        return change.row
+        return workflow_pb(change.row)
+
+    async def rerun(self, user: UserRow, req: workflow_service_pb2.RerunWorkflowRequest) -> workflow_pb2.Workflow:
+        """A new workflow from `req.id`: same name, tags, graph; `req.inputs` replace stored fields."""
+        source, _ = await self.store.get(req.id, user.id)
+        try:
+            new_id = str(uuid.UUID(req.new_id)) if req.new_id else str(uuid.uuid4())
+        except ValueError:
+            raise InvalidArgument("new_id must be a UUID", details=[{"field": "new_id"}]) from None
+        claim = idempotency.claim(req.idempotency_key, f"rerun:{source.id}", req.inputs, priority=req.priority)
+        if claim is not None and (replayed := await self.store.replay(user.id, claim)) is not None:
+            return replayed  # before copying any file
+        changed = {i.field for i in req.inputs}
+        kept = [e for e in json.loads(source.inputs_json) if e["field"] not in changed]
+        # Check the merged fields before copying anything.
+        fields = [placeholders.FieldValue(i.field, i.value, i.HasField("object")) for i in req.inputs]
+        fields += [placeholders.FieldValue(e["field"], e.get("value", ""), e.get("is_file", False)) for e in kept]
+        placeholders.bind(placeholders.scan(parse_graph(source.workflow_json)), fields)
+        inputs = list(req.inputs)
+        for entry in kept:
+            if entry.get("is_file"):
+                inputs.append(await self._copy_input(entry, new_id))
+            else:
+                inputs.append(workflow_service_pb2.WorkflowInput(field=entry["field"], value=entry.get("value", "")))
+        return await self.create(user, workflow_service_pb2.CreateWorkflowRequest(
+            id=new_id,
+            name=source.name,
+            workflow_json=source.workflow_json,
+            tags=json.loads(source.tags_json),
+            inputs=inputs,
+            priority=req.priority or source.priority,  # type: ignore[arg-type]
+        ), claim)
+
+    async def _copy_input(self, entry: dict[str, Any], new_id: str) -> workflow_service_pb2.WorkflowInput:
+        if self.storage is None:
+            raise Unavailable("storage is not configured", reason="STORAGE_UNAVAILABLE")
+        field = str(entry["field"])
+        source = ParseDict(entry["object"], object_pb2.ObjectRef())
+        target = f"inputs/{new_id}/{field[1:]}/{source.key.rsplit('/', 1)[-1]}"
+        try:
+            copied = await self.storage.copy(source.key, target)
+        except NotFound:
+            raise Conflict(f"the file of {field} is no longer stored; send it again", reason="INPUT_GONE",
+                           details=[{"field": field}]) from None
+        return workflow_service_pb2.WorkflowInput(field=field, object=copied, filename=str(entry.get("filename", "")))
+
+    async def delete(self, user: UserRow, workflow_id: str) -> None:
+        """Removes a finished workflow: objects first (a storage outage leaves it intact), then rows."""
+        row, _ = await self.store.get(workflow_id, user.id)
+        if not Status(row.status).terminal:
+            raise WorkflowNotFinished(workflow_id, row.status)
+        if self.storage is None:
+            raise Unavailable("storage is not configured", reason="STORAGE_UNAVAILABLE")
+        for prefix in (f"inputs/{workflow_id}/", f"outputs/{workflow_id}/"):
+            await self.storage.delete_prefix(prefix)
+        await self.store.delete(workflow_id, user.id)
 
     async def _check_tags_can_match(self, user: UserRow, tags: list[str]) -> None:
         if not tags:
@@ -147,7 +241,12 @@ class Workflows:
         return [workflow_pb(r) for r in rows], total
 
     async def cancel(self, user: UserRow, workflow_id: str) -> workflow_pb2.Workflow:
-        row, _ = await self.store.get(workflow_id, user.id)
+        await self.store.get(workflow_id, user.id)  # NotFound unless it is the caller's
+        return await self.cancel_any(workflow_id)
+
+    async def cancel_any(self, workflow_id: str) -> workflow_pb2.Workflow:
+        """Cancels a workflow whoever owns it (a runner's owner interrupting it, an admin)."""
+        row, _ = await self.store.get(workflow_id)
         if Status(row.status).terminal:
             raise AlreadyTerminal(f"workflow is already {row.status}", details=[{"id": workflow_id}])
         session = self.fleet.connected(row.runner_id) if row.runner_id else None

@@ -49,7 +49,7 @@ async def running_stack(**overrides: Any) -> AsyncIterator[Stack]:
     scheduler_server, scheduler_port = await serve(add_scheduler(scheduler))
     storage_server, storage_port = await serve(add_storage(storage))
     settings = dataclasses.replace(
-        GatewaySettings(port=0, sse_keepalive_seconds=5.0),
+        GatewaySettings(port=0, sse_keepalive_seconds=5.0, rate_limit_requests=0),
         scheduler_address=f"127.0.0.1:{scheduler_port}",
         storage_address=f"127.0.0.1:{storage_port}",
         **overrides,

@@ -115,12 +115,6 @@ def test_a_workflow_completes_with_its_output_in_the_bucket_and_its_inputs_gone(
     assert seaweed.keys(BUCKET, f"outputs/{workflow_id}/") == [f"outputs/{workflow_id}/3/{output['filename']}"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 6 says a workflow's inputs are deleted when it reaches a terminal state; the scheduler "
-    "now keeps them until the workflow is deleted so that a rerun can reuse them (services/scheduler/"
-    "workflows.py). The lead decides; this turns into a failure the moment inputs are deleted.",
-)
 def test_inputs_are_gone_after_completion(client: httpx.Client, seaweed: SeaweedS3) -> None:
     created = submit(client, png(8, 8))
     assert created.status_code == 201, created.text

@@ -30,7 +30,7 @@ from services.scheduler.db.workflow_store import WorkflowStore
 from services.scheduler.execution import Execution
 from services.scheduler.fleet import Fleet
 from services.scheduler.hub import EventHub
-from services.scheduler.server import InputSweeper
+from services.scheduler.input_sweeper import InputSweeper
 from services.scheduler.session_servicer import RunnerSessionServicer
 from services.scheduler.storage_client import StorageClient
 from services.scheduler.workflow_servicer import UserServicer, WorkflowServicer
@@ -70,6 +70,8 @@ class Scheduler:
     dev_token: str
     runner_token: str
     channel: grpc.aio.Channel
+    # The scheduler-side runner lifecycle (disable, drain, delete) the runner API calls.
+    execution: Execution | None = None
     _runners: list[FakeRunner] = field(default_factory=list)
 
     @property
@@ -119,7 +121,8 @@ async def running_scheduler(tmp: Path) -> AsyncIterator[Scheduler]:
     storage = StorageClient(settings.storage_address)
     sweeper = InputSweeper(storage)
     execution = Execution(settings, store, hub, fleet, finished=sweeper.finished)
-    workflows = Workflows(store, identity, hub, fleet, kick=execution.kick, finished=sweeper.finished)
+    workflows = Workflows(store, identity, hub, fleet, kick=execution.kick, finished=sweeper.finished,
+                          storage=storage)
     sessions = RunnerSessionServicer(settings, identity, store, fleet, execution)
     await sessions.expire_orphans_after_start()
     placement = asyncio.create_task(execution.run_placement(), name="placement")
@@ -142,6 +145,7 @@ async def running_scheduler(tmp: Path) -> AsyncIterator[Scheduler]:
         dev_token=(tmp / "dev-token").read_text().strip(),
         runner_token=(tmp / "runner-token").read_text().strip(),
         channel=channel,
+        execution=execution,
     )
     try:
         yield scheduler

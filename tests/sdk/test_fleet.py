@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from comfyfleet import Client
-from comfyfleet.errors import APIError, NotFoundError
+from comfyfleet.errors import APIError, ConflictError, NotFoundError
 
 from services.devrun import Suite
 from tests.sdk.conftest import WORKFLOW
@@ -53,7 +53,12 @@ def test_a_template_runs_then_reruns_with_a_changed_parameter_then_is_deleted(
     assert client.workflows.wait(run.id).status == "completed"
     assert [o.filename for o in client.workflows.outputs(run.id)] == ["tpl_00001_.png"]
 
-    again = client.workflows.rerun(run.id, params={"prefix": "rerun"}, choices={"method": "area"})
+    # The finished run's input file was deleted with it: a rerun must send the file again.
+    with pytest.raises(ConflictError) as gone:
+        client.workflows.rerun(run.id, params={"prefix": "rerun"})
+    assert gone.value.reason == "INPUT_GONE"
+    again = client.workflows.rerun(run.id, params={"prefix": "rerun"}, choices={"method": "area"},
+                                   files={"photo": photo_file})
     assert again.id != run.id and again.name == "from template" and again.tags == ["gpu"]
     record = client.workflows.wait(again.id)
     assert record.status == "completed"

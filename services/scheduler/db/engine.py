@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
-from sqlalchemy import event, text
+from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel import SQLModel
@@ -40,8 +40,38 @@ def _v1_initial(conn: Connection) -> None:
     )
 
 
+def _v2_pending_index(conn: Connection) -> None:
+    # Read by services.scheduler.db.pending_queue (one index seek per user with waiting work).
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_workflows_pending "
+                      "ON workflows (status, runner_id, priority, user_id, created_at, id)"))
+
+
+def _add_columns(conn: Connection, table: str, columns: dict[str, str]) -> None:
+    """ALTER TABLE ... ADD COLUMN for each column the table lacks (step 1 creates tables from
+    the current models, so on a new database the columns may already be there)."""
+    present = {c["name"] for c in inspect(conn).get_columns(table)}
+    for name, ddl in columns.items():
+        if name not in present:
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}"))
+
+
+def _create_tables(conn: Connection, *tables: type[SQLModel]) -> None:
+    SQLModel.metadata.create_all(conn, tables=[t.__table__ for t in tables])  # type: ignore[attr-defined]
+
+
+def _v3_runner_endpoints(conn: Connection) -> None:
+    _add_columns(conn, "runners", {"endpoint": "VARCHAR NOT NULL DEFAULT ''",
+                                   "headers_json": "VARCHAR NOT NULL DEFAULT '{}'"})
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial schema", _v1_initial),
+    (2, "index of the placement queue", _v2_pending_index),
+    (3, "runners registered by endpoint", _v3_runner_endpoints),
+    (4, "templates", lambda conn: _create_tables(conn, models.TemplateRow)),
+    (5, "token names and revocation", lambda conn: _add_columns(
+        conn, "tokens", {"name": "VARCHAR NOT NULL DEFAULT ''", "revoked_at": "DATETIME"})),
+    (6, "idempotency keys", lambda conn: _create_tables(conn, models.IdempotencyRow)),
 ]
 
 

@@ -10,9 +10,9 @@ import hashlib
 import json
 import secrets
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
-from sqlmodel import select
+from sqlmodel import col, select
 
 from services.scheduler.db.engine import Database, runs_to_completion
 from services.scheduler.db.models import RunnerRow, TokenRow, UserRow
@@ -25,6 +25,11 @@ RUNNER = "runner"
 
 def new_token() -> str:
     return "cf_" + secrets.token_urlsafe(32)
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite gives back naive datetimes; they were stored in UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def token_digest(token: str) -> str:
@@ -50,14 +55,45 @@ class IdentityStore:
             return (await s.exec(select(UserRow).where(UserRow.name == name))).first()
 
     @runs_to_completion
-    async def issue_token(self, user_id: str, kind: str, ttl: timedelta | None = None) -> str:
+    async def issue_token(self, user_id: str, kind: str, ttl: timedelta | None = None, *, name: str = "") -> str:
+        return (await self.issue_token_row(user_id, kind, ttl, name=name))[0]
+
+    @runs_to_completion
+    async def issue_token_row(
+        self, user_id: str, kind: str, ttl: timedelta | None = None, *, name: str = ""
+    ) -> tuple[str, TokenRow]:
+        """A new token (returned once, never stored) and its row (which holds only its sha256)."""
         token = new_token()
         now = utcnow()
         row = TokenRow(id=str(uuid.uuid4()), user_id=user_id, token_sha256=token_digest(token), kind=kind,
-                       created_at=now, expires_at=now + ttl if ttl else None)
+                       name=name, created_at=now, expires_at=now + ttl if ttl else None)
         async with self.db.write_lock, self.db.sessions() as s, s.begin():
             s.add(row)
-        return token
+        return token, row
+
+    @runs_to_completion
+    async def revoke_token(self, token_id_or_token: str) -> TokenRow | None:
+        """Revokes a token given by its id or by the token itself; None if there is no such token."""
+        async with self.db.write_lock, self.db.sessions() as s, s.begin():
+            row = await s.get(TokenRow, token_id_or_token)
+            if row is None:
+                digest = token_digest(token_id_or_token)
+                row = (await s.exec(select(TokenRow).where(TokenRow.token_sha256 == digest))).first()
+            if row is not None and row.revoked_at is None:
+                row.revoked_at = utcnow()
+                s.add(row)
+            return row
+
+    @runs_to_completion
+    async def tokens_of(self, user_id: str) -> list[TokenRow]:
+        async with self.db.sessions() as s:
+            query = select(TokenRow).where(TokenRow.user_id == user_id).order_by(col(TokenRow.created_at))
+            return list((await s.exec(query)).all())
+
+    @runs_to_completion
+    async def user_by_id_or_name(self, key: str) -> UserRow | None:
+        async with self.db.sessions() as s:
+            return await s.get(UserRow, key) or (await s.exec(select(UserRow).where(UserRow.name == key))).first()
 
     @runs_to_completion
     async def authenticate(self, token: str, kind: str) -> UserRow:
@@ -69,12 +105,14 @@ class IdentityStore:
             tok = (await s.exec(select(TokenRow).where(TokenRow.token_sha256 == token_digest(token)))).first()
             if tok is None or tok.kind != kind:
                 raise Unauthenticated("invalid token", reason="TOKEN_INVALID")
-            if tok.expires_at is not None and tok.expires_at <= now:
+            if tok.revoked_at is not None:
+                raise Unauthenticated("token revoked", reason="TOKEN_REVOKED")
+            if tok.expires_at is not None and _aware(tok.expires_at) <= now:
                 raise Unauthenticated("token expired", reason="TOKEN_EXPIRED")
             user = await s.get(UserRow, tok.user_id)
             if user is None:
                 raise Unauthenticated("invalid token", reason="TOKEN_INVALID")
-            stale = tok.last_used_at is None or now - tok.last_used_at > timedelta(minutes=1)
+            stale = tok.last_used_at is None or now - _aware(tok.last_used_at) > timedelta(minutes=1)
         if stale:
             async with self.db.write_lock, self.db.sessions() as s, s.begin():
                 fresh = await s.get(TokenRow, tok.id)

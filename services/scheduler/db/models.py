@@ -26,9 +26,12 @@ class TokenRow(SQLModel, table=True):
     user_id: str = Field(foreign_key="users.id", index=True)
     token_sha256: str = Field(unique=True)
     kind: str  # "api" | "runner"
+    # What it is for, to tell tokens apart when listing or revoking.
+    name: str = ""
     created_at: datetime
     expires_at: datetime | None = None
     last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
 
 
 class RunnerRow(SQLModel, table=True):
@@ -37,6 +40,10 @@ class RunnerRow(SQLModel, table=True):
     user_id: str = Field(foreign_key="users.id", index=True)
     name: str
     status: str = "active"  # active | disabled
+    # Registered through the API: its ComfyUI's URL and the headers to send (in clear: the
+    # runner pool needs them; responses mask the values). Empty for self-registered agents.
+    endpoint: str = ""
+    headers_json: str = "{}"
     tags_json: str = "[]"
     slots: int = 1
     comfyui_version: str = ""
@@ -99,4 +106,32 @@ class OutputRow(SQLModel, table=True):
     size_bytes: int
     sha256: str
     content_type: str
+    created_at: datetime
+
+
+class TemplateRow(SQLModel, table=True):
+    """A reusable graph with placeholders, private to its owner."""
+
+    __tablename__ = "templates"
+    __table_args__ = (Index("ix_templates_user_created", "user_id", "created_at"),)
+    id: str = Field(primary_key=True)
+    user_id: str = Field(foreign_key="users.id")
+    name: str
+    description: str
+    body: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class IdempotencyRow(SQLModel, table=True):
+    """A create that carried an Idempotency-Key: what was asked (a digest) and what was answered."""
+
+    __tablename__ = "idempotency_keys"
+    user_id: str = Field(primary_key=True, foreign_key="users.id")
+    key: str = Field(primary_key=True)
+    # sha256 of the canonical request (services.scheduler.idempotency.fingerprint).
+    fingerprint: str
+    workflow_id: str
+    # The serialized comfyfleet.scheduler.v1.Workflow as first answered.
+    response: bytes
     created_at: datetime

@@ -14,13 +14,15 @@ from dataclasses import dataclass
 from datetime import UTC
 
 from comfyfleet.scheduler.v1 import workflow_pb2
-from sqlalchemy import func
+from sqlalchemy import delete, func
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.scheduler.core.state import TERMINAL, Status
 from services.scheduler.db.engine import Database, runs_to_completion
-from services.scheduler.db.models import EventRow, OutputRow, WorkflowRow
-from services.scheduler.errors import WorkflowExists, WorkflowNotFound
+from services.scheduler.db.models import EventRow, IdempotencyRow, OutputRow, WorkflowRow
+from services.scheduler.errors import WorkflowExists, WorkflowNotFinished, WorkflowNotFound
+from services.scheduler.idempotency import TTL, Claim, KeyReused
 from services.scheduler.records import utcnow, workflow_pb
 
 _OPEN = [s.value for s in Status if s not in TERMINAL]
@@ -32,6 +34,8 @@ class Change:
 
     row: WorkflowRow
     events: list[workflow_pb2.WorkflowEvent]
+    # Set (and nothing written) when an Idempotency-Key replays an earlier create: its answer.
+    replayed: workflow_pb2.Workflow | None = None
 
 
 # A mutation gets the row and the outputs stored so far, changes the row in place and returns
@@ -44,9 +48,16 @@ class WorkflowStore:
         self.db = db
 
     @runs_to_completion
-    async def create(self, row: WorkflowRow) -> Change:
-        """Inserts a new workflow with its first event (status accepted)."""
+    async def create(self, row: WorkflowRow, claim: Claim | None = None) -> Change:
+        """Inserts a new workflow with its first event (status accepted), and records the
+        Idempotency-Key claim with the answer; or replays the answer of an earlier claim."""
         async with self.db.write_lock, self.db.sessions() as s, s.begin():
+            if claim is not None:
+                if (replayed := await _claimed(s, row.user_id, claim)) is not None:
+                    return Change(row, [], replayed)
+                s.add(IdempotencyRow(user_id=row.user_id, key=claim.key, fingerprint=claim.fingerprint,
+                                     workflow_id=row.id, response=workflow_pb(row).SerializeToString(),
+                                     created_at=row.created_at))
             if await s.get(WorkflowRow, row.id) is not None:
                 raise WorkflowExists(row.id)
             row.last_seq = 1
@@ -60,6 +71,12 @@ class WorkflowStore:
             await s.flush()
             s.add(EventRow(workflow_id=row.id, seq=1, payload=event.SerializeToString(), created_at=row.created_at))
         return Change(row, [event])
+
+    @runs_to_completion
+    async def replay(self, user_id: str, claim: Claim) -> workflow_pb2.Workflow | None:
+        """The first answer to this claim's key, if it is fresh and the request the same."""
+        async with self.db.sessions() as s:
+            return await _claimed(s, user_id, claim, delete_expired=False)
 
     @runs_to_completion
     async def change(self, workflow_id: str, mutate: Mutation, *, new_outputs: Sequence[OutputRow] = ()) -> Change:
@@ -84,6 +101,19 @@ class WorkflowStore:
                 s.add(EventRow(workflow_id=row.id, seq=e.seq, payload=e.SerializeToString(), created_at=now))
             s.add(row)
         return Change(row, events)
+
+    @runs_to_completion
+    async def delete(self, workflow_id: str, user_id: str) -> None:
+        """Removes a finished workflow with its events and outputs, in one transaction."""
+        async with self.db.write_lock, self.db.sessions() as s, s.begin():
+            row = await s.get(WorkflowRow, workflow_id)
+            if row is None or row.user_id != user_id:
+                raise WorkflowNotFound(workflow_id)
+            if not Status(row.status).terminal:
+                raise WorkflowNotFinished(workflow_id, row.status)
+            await s.exec(delete(EventRow).where(col(EventRow.workflow_id) == workflow_id))  # type: ignore[call-overload]
+            await s.exec(delete(OutputRow).where(col(OutputRow.workflow_id) == workflow_id))  # type: ignore[call-overload]
+            await s.delete(row)
 
     @runs_to_completion
     async def get(self, workflow_id: str, user_id: str | None = None) -> tuple[WorkflowRow, list[OutputRow]]:
@@ -111,6 +141,14 @@ class WorkflowStore:
                 .limit(per_page)
             )
             return list(rows.all()), int(total)
+
+    @runs_to_completion
+    async def count_open(self, user_id: str) -> int:
+        """The user's workflows that have not finished."""
+        query = select(func.count()).select_from(WorkflowRow).where(
+            WorkflowRow.user_id == user_id, col(WorkflowRow.status).in_(_OPEN))
+        async with self.db.sessions() as s:
+            return int((await s.exec(query)).one())
 
     @runs_to_completion
     async def events_after(
@@ -148,3 +186,20 @@ class WorkflowStore:
             for row in rows.all():
                 by_runner.setdefault(row.runner_id or "", []).append(row)
             return by_runner
+
+
+async def _claimed(s: AsyncSession, user_id: str, claim: Claim, *, delete_expired: bool = True
+                   ) -> workflow_pb2.Workflow | None:
+    """The answer stored for (user, key) within its TTL; KeyReused if it was for another request."""
+    found = await s.get(IdempotencyRow, (user_id, claim.key))
+    if found is None:
+        return None
+    created = found.created_at if found.created_at.tzinfo else found.created_at.replace(tzinfo=UTC)
+    if created <= utcnow() - TTL:
+        if delete_expired:
+            await s.delete(found)
+            await s.flush()
+        return None
+    if found.fingerprint != claim.fingerprint:
+        raise KeyReused()
+    return workflow_pb2.Workflow.FromString(found.response)

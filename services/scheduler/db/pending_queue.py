@@ -1,0 +1,119 @@
+"""The placement batch: which waiting workflows a placement pass considers, read fairly.
+
+A pass never reads every waiting row. For each priority (high, normal, low) it walks the
+distinct users with waiting work through the `ix_workflows_pending` index (a loose index
+scan: one index seek per user, never a scan of a user's backlog), at most `limit` users per
+priority, starting after the user where the previous pass stopped (so with more users than
+`limit`, every user comes round), and takes each user's oldest `ceil(limit / users)`
+workflows, again by index. The pure core then orders the batch (priority, round-robin across
+users, FIFO): a user with 10,000 waiting workflows contributes a bounded share, and another
+user's single workflow is in the batch of every pass that reaches that user.
+
+A batch holds only what placement needs (`Waiting`); the full rows are read for the
+workflows that were bound (`rows`). Cost per pass: O((users + rows in the batch) * log N)
+index work, in at most 4 statements per priority, independent of the number waiting.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+from sqlmodel import col, select
+
+from services.scheduler.core.placement import Priority
+from services.scheduler.core.state import Status
+from services.scheduler.db.engine import Database, runs_to_completion
+from services.scheduler.db.models import WorkflowRow
+
+# Reads through ix_workflows_pending (status, runner_id, priority, user_id, created_at, id),
+# created by migration 2 in db/engine.py.
+
+_WAITING = "{t}.status = :status AND {t}.runner_id IS NULL AND {t}.priority = :priority"
+# Distinct users with waiting work at one priority, in user id order after :after, by one
+# index seek each (`n` bounds the recursion: LIMIT is not allowed in a recursive CTE on
+# Postgres).
+_HEADS = f"""
+WITH RECURSIVE heads(user_id, n) AS (
+    SELECT (SELECT MIN(w.user_id) FROM workflows w WHERE {_WAITING.format(t="w")} AND w.user_id > :after), 1
+    UNION ALL
+    SELECT (SELECT MIN(w.user_id) FROM workflows w WHERE {_WAITING.format(t="w")} AND w.user_id > heads.user_id),
+           heads.n + 1
+    FROM heads WHERE heads.user_id IS NOT NULL AND heads.n < :max_users
+)"""
+_USERS = text(f"{_HEADS}\nSELECT h.user_id FROM heads h WHERE h.user_id IS NOT NULL")
+# The same users, each with their oldest :per_user waiting workflows.
+_OLDEST = text(f"""{_HEADS}
+SELECT w.id, w.user_id, w.tags_json, w.priority, w.created_at
+FROM heads h JOIN workflows w ON w.id IN (
+    SELECT x.id FROM workflows x WHERE {_WAITING.format(t="x")} AND x.user_id = h.user_id
+    ORDER BY x.created_at, x.id LIMIT :per_user)
+WHERE h.user_id IS NOT NULL
+""")
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A waiting workflow, as far as placement is concerned."""
+
+    id: str
+    user_id: str
+    tags: frozenset[str]
+    priority: int
+    created_at: datetime
+
+
+class PendingQueue:
+    """Reads placement batches; remembers per priority where the last one stopped."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._after: dict[int, str] = {}
+
+    @runs_to_completion
+    async def batch(self, limit: int) -> list[Waiting]:
+        """Up to `limit` waiting workflows per priority, fairly spread across their users."""
+        async with self.db.engine.connect() as conn:
+            return await conn.run_sync(self._batch, limit)
+
+    @runs_to_completion
+    async def rows(self, ids: list[str]) -> dict[str, WorkflowRow]:
+        """The full rows of the workflows a pass bound."""
+        if not ids:
+            return {}
+        async with self.db.sessions() as s:
+            found = await s.exec(select(WorkflowRow).where(col(WorkflowRow.id).in_(ids)))
+            return {r.id: r for r in found.all()}
+
+    def _batch(self, conn: Connection, limit: int) -> list[Waiting]:
+        batch: list[Waiting] = []
+        for priority in (Priority.HIGH, Priority.NORMAL, Priority.LOW):
+            params: dict[str, Any] = {"status": Status.ACCEPTED.value, "priority": int(priority)}
+            after = self._after.get(priority, "")
+            users = [u for (u,) in conn.execute(_USERS, {**params, "after": after, "max_users": limit})]
+            segments = [(after, len(users))]
+            if len(users) < limit and after:
+                # Wrapped round: the users at the start of the id order, up to where this one began.
+                more = [u for (u,) in conn.execute(_USERS, {**params, "after": "", "max_users": limit - len(users)})
+                        if u <= after]
+                users += more
+                segments.append(("", len(more)))
+            # The next pass starts after the last user read when the batch was cut short.
+            self._after[priority] = users[-1] if len(users) >= limit else ""
+            if not users:
+                continue
+            per_user = -(-limit // len(users))
+            for start, count in segments:
+                if count:
+                    rows = conn.execute(_OLDEST, {**params, "after": start, "max_users": count, "per_user": per_user})
+                    batch.extend(Waiting(r[0], r[1], frozenset(json.loads(r[2])), r[3], _datetime(r[4])) for r in rows)
+        return batch
+
+
+def _datetime(value: Any) -> datetime:
+    """SQLite hands a text() query's timestamps back as text; Postgres as datetime."""
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
