@@ -1,4 +1,4 @@
-"""Lifecycle of a grpc.aio server: health service, domain-error mapping, graceful stop.
+"""Lifecycle of a grpc.aio server: health and reflection services, domain-error mapping, graceful stop.
 
 On SIGTERM/SIGINT: health goes NOT_SERVING, the server stops accepting, in-flight calls get
 `grace` seconds to finish, then the process exits.
@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from services.common.errors import ComfyfleetError, abort
 
@@ -86,6 +87,7 @@ async def serve(
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection([*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind {address}")
