@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-
 import hashlib
 
 from comfyfleet.runner.v1 import runner_event_pb2 as ev
