@@ -93,20 +93,32 @@ class Suite:
         return env
 
     def start(self, name: str) -> None:
-        self.var_dir.mkdir(parents=True, exist_ok=True)
-        args = [sys.executable, "-m", f"services.{name}"]
         if name == "runner":
             assert self.comfyui_url, "a runner needs COMFYUI_URL"
-            args += [
-                "--scheduler", f"127.0.0.1:{self.scheduler_port}",
-                "--storage", f"127.0.0.1:{self.storage_port}",
-                "--comfyui-url", self.comfyui_url,
-                "--token-file", str(self.var_dir / "runner-token"),
-                "--slots", str(self.runner_slots),
-                "--name", "local-runner",
-            ]
-            if self.runner_tags:
-                args += ["--tags", self.runner_tags]
+            self.start_runner("local-runner", self.comfyui_url, self.runner_tags, self.runner_slots, key="runner")
+            return
+        self._spawn(name, [sys.executable, "-m", f"services.{name}"])
+
+    def start_runner(self, name: str, comfyui_url: str, tags: str = "", slots: int = 1, *, key: str = "") -> str:
+        """Starts a runner agent for `comfyui_url`; its process (and log) is `runner-<name>`
+        unless `key` says otherwise. Returns the key for wait_ready/kill."""
+        key = key or f"runner-{name}"
+        args = [
+            sys.executable, "-m", "services.runner",
+            "--scheduler", f"127.0.0.1:{self.scheduler_port}",
+            "--storage", f"127.0.0.1:{self.storage_port}",
+            "--comfyui-url", comfyui_url,
+            "--token-file", str(self.var_dir / "runner-token"),
+            "--slots", str(slots),
+            "--name", name,
+        ]
+        if tags:
+            args += ["--tags", tags]
+        self._spawn(key, args)
+        return key
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        self.var_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.var_dir / f"{name}.log", "ab")
         self.procs[name] = subprocess.Popen(args, cwd=ROOT, env=self._env(), stdout=log, stderr=log,
                                             start_new_session=True)
@@ -130,8 +142,8 @@ class Suite:
             return grpc_ready(f"127.0.0.1:{self.scheduler_port}") and (self.var_dir / "dev-token").exists()
         if name == "gateway":
             return http_ready(f"{self.gateway_url}/healthz")
-        if name == "runner":
-            log = self.var_dir / "runner.log"
+        if name == "runner" or name.startswith("runner-"):
+            log = self.var_dir / f"{name}.log"
             return log.exists() and "welcomed as runner" in log.read_text(errors="replace")
         return True
 

@@ -1,11 +1,12 @@
 """`python -m services.scheduler admin ...`: users and API tokens, straight in the database.
 
     admin create-user NAME [--email E] [--tier free|pro|plus|enterprise] [--admin]
-    admin create-token USER [--name N] [--expires-in-days D] [--kind api|runner]
+    admin create-token USER [--name N] [--expires-in-days D] [--kind api|runner|pool]
     admin revoke-token TOKEN_ID_OR_TOKEN
     admin list-tokens USER
 
 USER is a user's id or name. A new token is printed once and stored only as its sha256.
+A pool token (for `python -m services.runner --pool`) is issued only to an administrator.
 The database is the scheduler's (SCHEDULER_DATABASE_URL); it is migrated first.
 """
 
@@ -20,7 +21,7 @@ from datetime import timedelta
 from services.scheduler.config import Settings
 from services.scheduler.core.tiers import TIERS
 from services.scheduler.db.engine import Database
-from services.scheduler.db.identity_store import API, RUNNER, IdentityStore
+from services.scheduler.db.identity_store import API, POOL, RUNNER, IdentityStore
 from services.scheduler.db.models import UserRow
 
 
@@ -40,7 +41,7 @@ def parser() -> argparse.ArgumentParser:
     token.add_argument("user", help="user id or name")
     token.add_argument("--name", default="", help="what the token is for")
     token.add_argument("--expires-in-days", type=float, default=None)
-    token.add_argument("--kind", choices=(API, RUNNER), default=API)
+    token.add_argument("--kind", choices=(API, RUNNER, POOL), default=API)
     revoke = commands.add_parser("revoke-token", help="revoke a token, by its id or the token itself")
     revoke.add_argument("token")
     listing = commands.add_parser("list-tokens", help="a user's tokens (never the tokens themselves)")
@@ -65,6 +66,8 @@ async def run(args: argparse.Namespace, settings: Settings) -> None:
             print(f"user {created.id} {created.name} tier={created.tier}")
         elif args.command == "create-token":
             user = await _user(identity, args.user)
+            if args.kind == POOL and not user.is_admin:
+                raise AdminError("a pool token is only for an administrator (create-user --admin)")
             if args.expires_in_days is not None and args.expires_in_days <= 0:
                 raise AdminError("--expires-in-days must be above 0")
             ttl = timedelta(days=args.expires_in_days) if args.expires_in_days else None

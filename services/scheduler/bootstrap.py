@@ -1,5 +1,6 @@
-"""Development bootstrap for `make run` and the tests: a user with an API token and a
-runner token, written to `<bootstrap_dir>/dev-token` and `<bootstrap_dir>/runner-token`.
+"""Development bootstrap for `make run` and the tests: an administrator with an API token, a
+runner token and a pool token (`python -m services.runner --pool`), written to
+`<bootstrap_dir>/dev-token`, `<bootstrap_dir>/runner-token` and `<bootstrap_dir>/pool-token`.
 
 A token file whose token no longer authenticates (a new database) is replaced.
 """
@@ -11,7 +12,7 @@ import logging
 import os
 from pathlib import Path
 
-from services.scheduler.db.identity_store import API, RUNNER, IdentityStore
+from services.scheduler.db.identity_store import API, POOL, RUNNER, IdentityStore
 from services.scheduler.errors import Unauthenticated
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ async def ensure_dev_tokens(identity: IdentityStore, directory: Path) -> None:
     if user is None:
         user = await identity.create_user(DEV_USER, tier="enterprise", email="dev@localhost", is_admin=True)
         log.info("created development user %s", user.id)
-    for kind, filename in ((API, "dev-token"), (RUNNER, "runner-token")):
+    for kind, filename in ((API, "dev-token"), (RUNNER, "runner-token"), (POOL, "pool-token")):
         path = directory / filename
         if await asyncio.to_thread(path.exists):
             try:

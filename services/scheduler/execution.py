@@ -3,6 +3,22 @@
 Reserve, then dispatch, and roll back on failure: a slot is reserved in the fleet before the
 assignment is committed and sent; if the workflow changed meanwhile or the session closed,
 the reservation is released and the row put back. No lock is held across network I/O.
+
+Which workflows a pass considers comes from `PendingQueue` (bounded, fair across users);
+their order of service and the runner each gets come from the pure core (`core.placement`),
+given when each user was last served, so that passes freeing one slot at a time still take
+turns between users.
+
+`queue_number` is the position in the runner's ComfyUI queue, as API.md defines it: the
+runner reports it (`queued` events) and every change is published. A workflow still waiting
+in the scheduler has no queue_number (null): its place depends on priorities, other users'
+arrivals and which runners free up, so a number would be a guess, and keeping it current
+would cost one event per waiting workflow on every placement.
+
+Runner lifecycle for the runner API: `set_runner_enabled` (disabled: nothing new),
+`drain_runner` (Drain sent: finishes what it holds, nothing new), `delete_runner` (its
+unfinished workflows are cancelled on it and go back to placement, without using up an
+attempt; its session is closed).
 """
 
 from __future__ import annotations
@@ -27,6 +43,7 @@ from services.scheduler.core.graph import parse_graph
 from services.scheduler.core.placement import PendingWorkflow, place
 from services.scheduler.core.state import Status, transition
 from services.scheduler.db.models import OutputRow, WorkflowRow
+from services.scheduler.db.pending_queue import PendingQueue
 from services.scheduler.db.workflow_store import WorkflowStore
 from services.scheduler.errors import IllegalTransition
 from services.scheduler.fleet import Fleet, Session
@@ -58,6 +75,13 @@ class Execution:
         self.hub = hub
         self.fleet = fleet
         self.finished = finished
+        self.queue = PendingQueue(store.db)
+        # Whether a user's tier allows shared (managed) runners; the wiring sets it once tiers
+        # say so. Shared runners come from Session.shared (the runner row's `shared` flag).
+        self.may_use_shared: Callable[[str], bool] = lambda _user_id: False
+        # user id -> when the user was last given a runner (a counter): fairness across passes.
+        self._last_served: dict[str, int] = {}
+        self._served = 0
         self._wake = asyncio.Event()
 
     # -- placement -------------------------------------------------------------------------
@@ -81,14 +105,18 @@ class Execution:
     async def placement_pass(self) -> int:
         if not self.fleet.sessions:
             return 0
-        rows = {r.id: r for r in await self.store.pending(PLACEMENT_BATCH)}
-        pending = [PendingWorkflow(r.id, r.user_id, frozenset(json.loads(r.tags_json))) for r in rows.values()]
-        decisions = place(pending, self.fleet.snapshot())
+        waiting = await self.queue.batch(PLACEMENT_BATCH)
+        pending = [PendingWorkflow(w.id, w.user_id, w.tags, priority=w.priority, arrival=w.created_at.timestamp(),
+                                   may_use_shared=self.may_use_shared(w.user_id))
+                   for w in waiting]
+        decisions = place(pending, self.fleet.snapshot(), self._last_served)
+        rows = await self.queue.rows([workflow_id for workflow_id, _ in decisions.bindings])
         placed = 0
         for workflow_id, runner_id in decisions.bindings:
-            placed += await self._assign(rows[workflow_id], runner_id)
-        if len(rows) == PLACEMENT_BATCH and placed:
-            self.kick()
+            if (row := rows.get(workflow_id)) is not None:
+                placed += await self._assign(row, runner_id)
+        if len(waiting) >= PLACEMENT_BATCH and placed:
+            self.kick()  # more may be waiting beyond this batch
         return placed
 
     async def _assign(self, row: WorkflowRow, runner_id: str) -> int:
@@ -120,6 +148,8 @@ class Execution:
             self.fleet.release(runner_id, row.id)
             return 0
         session.held[row.id] = change.row.attempt
+        self._served += 1
+        self._last_served[row.user_id] = self._served
         self.hub.publish(change.events)
         assignment = session_pb2.Assignment(
             workflow_id=row.id,
@@ -159,6 +189,11 @@ class Execution:
 
     async def on_event(self, session: Session, event: runner_event_pb2.RunnerEvent) -> None:
         kind = event.WhichOneof("kind")
+        if kind == "handed_back":  # given back unrun (its ComfyUI unreachable): placed again, not counted
+            if session.held.get(event.workflow_id) == event.attempt:
+                await self.requeue(session.runner_id, keep=frozenset(session.held) - {event.workflow_id},
+                                   why=f"runner handed it back ({event.handed_back.reason})", counts=False)
+            return
         new_outputs: list[OutputRow] = []
         if kind == "output_stored":
             o = event.output_stored
@@ -192,8 +227,11 @@ class Execution:
 
     # -- runner loss -----------------------------------------------------------------------
 
-    async def requeue(self, runner_id: str, keep: frozenset[str] = frozenset(), why: str = "runner lost") -> int:
-        """Sends the unfinished workflows of a lost runner back to placement (or fails them)."""
+    async def requeue(
+        self, runner_id: str, keep: frozenset[str] = frozenset(), why: str = "runner lost", *, counts: bool = True
+    ) -> int:
+        """Sends the unfinished workflows of a lost runner back to placement, or fails those that
+        used up max_attempts with cause `runner lost` (unless the loss does not `count`)."""
         rows = (await self.store.open_on_runners()).get(runner_id, [])
         count = 0
         for row in rows:
@@ -209,12 +247,12 @@ class Execution:
                     r.status = transition(status, Status.CANCELLED).value
                     r.completed_at = utcnow()
                     return [status_event()]
-                if r.attempt >= self.settings.max_attempts:
+                if counts and r.attempt >= self.settings.max_attempts:
                     r.status = transition(status, Status.FAILED).value
                     r.completed_at = utcnow()
                     r.failure_json = json.dumps({
                         "exception_type": "RunnerLost",
-                        "exception_message": f"{why}; gave up after {r.attempt} attempts",
+                        "exception_message": f"runner lost ({why}); gave up after {r.attempt} attempts",
                     })
                     return [status_event()]
                 if status is not Status.ACCEPTED:
@@ -235,6 +273,33 @@ class Execution:
             if Status(change.row.status).terminal:
                 self.finished(change.row)
         self.kick()
+        return count
+
+    # -- runner lifecycle (the runner API) ---------------------------------------------------
+
+    def set_runner_enabled(self, runner_id: str, enabled: bool) -> None:
+        """A disabled runner keeps what it holds and gets nothing new (the caller stores the
+        status; a runner connecting later reads it from its row)."""
+        self.fleet.set_enabled(runner_id, enabled)
+        if enabled:
+            self.kick()
+
+    def drain_runner(self, runner_id: str) -> bool:
+        """Sends Drain: the runner finishes what it holds and takes nothing new until it
+        reconnects. False if it is not connected."""
+        return self.fleet.drain(runner_id)
+
+    async def delete_runner(self, runner_id: str) -> int:
+        """Call after the runner's row is deleted: its unfinished workflows are cancelled on it
+        and go back to placement (a deletion does not use up an attempt); its session ends."""
+        session = self.fleet.connected(runner_id)
+        if session is not None:
+            session.enabled = False
+            for workflow_id, attempt in list(session.held.items()):
+                session.send(session_pb2.ConnectResponse(
+                    cancel=session_pb2.Cancel(workflow_id=workflow_id, attempt=attempt)))
+        count = await self.requeue(runner_id, why="runner deleted", counts=False)
+        self.fleet.forget(runner_id)
         return count
 
 

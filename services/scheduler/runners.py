@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from comfyfleet.scheduler.v1 import runner_pb2, runner_service_pb2
@@ -49,8 +50,11 @@ class Runners:
         execution: Execution,
         workflows: Workflows,
         limits: Limits | None = None,
+        pool_changed: Callable[[], None] = lambda: None,
     ) -> None:
         self.limits = limits
+        # Called after a registered runner is created, updated or deleted (wakes WatchPool).
+        self.pool_changed = pool_changed
         self.store = store
         self.identity = identity
         self.workflow_store = workflow_store
@@ -78,7 +82,9 @@ class Runners:
         )
         if self.limits is not None:
             await self.limits.check_new_runner(user)
-        return self.present(await self.store.create(row))
+        created = await self.store.create(row)
+        self.pool_changed()
+        return self.present(created)
 
     async def get(self, user: UserRow, runner_id: str) -> runner_pb2.Runner:
         return self.present(await self.store.get(runner_id, user.id))
@@ -120,11 +126,13 @@ class Runners:
         row = await self.store.update(req.id, user.id, mutate)
         if "status" in values:
             self.execution.set_runner_enabled(row.id, row.status == "active")
+        self.pool_changed()
         return self.present(row)
 
     async def delete(self, user: UserRow, runner_id: str) -> None:
         await self.store.delete(runner_id, user.id)
         await self.execution.delete_runner(runner_id)
+        self.pool_changed()
 
     async def interrupt(self, user: UserRow, runner_id: str) -> list[str]:
         """Asks the runner to stop the workflows its ComfyUI is running now (cancel, on it)."""

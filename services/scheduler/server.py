@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 
 import grpc
-from comfyfleet.runner.v1 import runner_session_service_pb2_grpc
+from comfyfleet.runner.v1 import runner_pool_service_pb2_grpc, runner_session_service_pb2_grpc
 from comfyfleet.scheduler.v1 import (
     runner_service_pb2_grpc,
     template_service_pb2_grpc,
@@ -35,6 +35,7 @@ from services.scheduler.fleet import Fleet
 from services.scheduler.hub import EventHub
 from services.scheduler.input_sweeper import InputSweeper
 from services.scheduler.limits import Limits
+from services.scheduler.pool_servicer import PoolChanges, RunnerPoolServicer
 from services.scheduler.retention import OutputRetention
 from services.scheduler.runner_servicer import RunnerServicer
 from services.scheduler.runners import Runners
@@ -53,6 +54,7 @@ SERVICE_NAMES = [
     "comfyfleet.scheduler.v1.RunnerService",
     "comfyfleet.scheduler.v1.TemplateService",
     "comfyfleet.runner.v1.RunnerSessionService",
+    "comfyfleet.runner.v1.RunnerPoolService",
 ]
 
 
@@ -74,6 +76,7 @@ class SchedulerApp:
     placement: asyncio.Task[None]
     sweeper: InputSweeper
     retention: OutputRetention | None = None
+    pool: RunnerPoolServicer | None = None
 
     @classmethod
     async def start(cls, settings: Settings) -> SchedulerApp:
@@ -92,7 +95,9 @@ class SchedulerApp:
         execution = Execution(settings, store, hub, fleet, finished=sweeper.finished)
         workflows = Workflows(store, identity, hub, fleet, kick=execution.kick, finished=sweeper.finished,
                               storage=storage, limits=limits)
-        runners = Runners(runner_store, identity, store, fleet, execution, workflows, limits)
+        pool_changes = PoolChanges()
+        runners = Runners(runner_store, identity, store, fleet, execution, workflows, limits,
+                          pool_changed=pool_changes.changed)
         templates = Templates(template_store, workflows, limits)
         sessions = RunnerSessionServicer(settings, identity, store, fleet, execution)
         await sessions.expire_orphans_after_start()
@@ -101,7 +106,7 @@ class SchedulerApp:
         retention = OutputRetention.start(db, settings.storage_address, retention_days=settings.output_retention_days,
                                           interval_seconds=settings.retention_sweep_seconds)
         return cls(settings, db, identity, store, storage, execution, workflows, runners, templates, limits,
-                   sessions, placement, sweeper, retention)
+                   sessions, placement, sweeper, retention, RunnerPoolServicer(identity, runner_store, pool_changes))
 
     def register(self, server: grpc.aio.Server) -> None:
         workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server(
@@ -111,6 +116,8 @@ class SchedulerApp:
         template_service_pb2_grpc.add_TemplateServiceServicer_to_server(
             TemplateServicer(self.identity, self.templates), server)
         runner_session_service_pb2_grpc.add_RunnerSessionServiceServicer_to_server(self.sessions, server)
+        if self.pool is not None:
+            runner_pool_service_pb2_grpc.add_RunnerPoolServiceServicer_to_server(self.pool, server)
 
     async def stop(self) -> None:
         self.placement.cancel()

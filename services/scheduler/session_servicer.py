@@ -3,12 +3,14 @@
 Up: Hello, then Heartbeat and Event. Down: Welcome, then Assignment, Cancel, Drain.
 A stream that breaks gives the runner `lease` seconds to come back and claim what it holds;
 a stream on which nothing arrives for `lease` seconds is closed and its work requeued at once.
+A heartbeat that says `draining` (the runner is shutting down) stops new assignments to it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -26,6 +28,7 @@ from services.scheduler.db.identity_store import RUNNER, IdentityStore
 from services.scheduler.db.workflow_store import WorkflowStore
 from services.scheduler.execution import Execution
 from services.scheduler.fleet import Fleet, Session
+from services.scheduler.pool_servicer import pool_user
 
 log = logging.getLogger(__name__)
 
@@ -124,15 +127,23 @@ class RunnerSessionServicer(session_grpc.RunnerSessionServiceServicer):
                     self.expire_later(session.runner_id, self.settings.lease_seconds)
 
     async def _open(self, hello: session_pb2.Hello) -> tuple[Session, session_pb2.Welcome]:
-        user = await self.identity.authenticate(hello.runner_token, RUNNER)
         tags = normalise_tags(list(hello.tags))
         slots = max(1, hello.slots or 1)
-        runner = await self.identity.upsert_runner(
-            user.id, hello.name or "runner", tags=tags, slots=slots,
-            comfyui_version=hello.comfyui_version, digest=hello.object_info_digest,
-        )
+        if hello.runner_id:  # a runner pool's session for a runner registered through the API
+            await pool_user(self.identity, hello.runner_token)
+            runner = await self.identity.hello_registered_runner(
+                hello.runner_id, slots=slots, comfyui_version=hello.comfyui_version, digest=hello.object_info_digest)
+            tags = normalise_tags(json.loads(runner.tags_json))  # as registered, not as the pool says
+        else:
+            user = await self.identity.authenticate(hello.runner_token, RUNNER)
+            runner = await self.identity.upsert_runner(
+                user.id, hello.name or "runner", tags=tags, slots=slots,
+                comfyui_version=hello.comfyui_version, digest=hello.object_info_digest,
+            )
         self._cancel_expiry(runner.id)
-        session = Session(runner.id, user.id, runner.name, frozenset(tags), slots, enabled=runner.status == "active")
+        session = Session(runner.id, runner.user_id, runner.name, frozenset(tags), slots,
+                          enabled=runner.status == "active",
+                          shared=bool(getattr(runner, "shared", False)))
         previous = self.fleet.attach(session)
         if previous is not None:
             previous.close()  # the same runner reconnected before its old stream noticed
@@ -173,7 +184,11 @@ class RunnerSessionServicer(session_grpc.RunnerSessionServiceServicer):
                     raise
                 except Exception:
                     log.exception("event from runner %s could not be applied", session.name)
-            elif kind == "heartbeat" and now - last_touch > 30:
-                last_touch = now
-                await self.identity.touch_runner(session.runner_id)
+            elif kind == "heartbeat":
+                if message.heartbeat.draining and not session.draining:
+                    session.draining = True  # shutting down: nothing new for it (Fleet.snapshot)
+                    log.info("runner %s is draining", session.name)
+                if now - last_touch > 30:
+                    last_touch = now
+                    await self.identity.touch_runner(session.runner_id)
         session.close()  # the runner closed its side

@@ -94,7 +94,8 @@ def bearer(token: str) -> list[tuple[str, str]]:
 
 
 @contextlib.asynccontextmanager
-async def running_scheduler(tmp: Path) -> AsyncIterator[Scheduler]:
+async def running_scheduler(tmp: Path, database_url: str | None = None) -> AsyncIterator[Scheduler]:
+    """`database_url` defaults to a SQLite file in `tmp` (tests/postgres passes a Postgres one)."""
     storage_fake = StorageFake()
     storage_server = grpc.aio.server()
     storage_grpc_port = storage_server.add_insecure_port("127.0.0.1:0")
@@ -103,7 +104,7 @@ async def running_scheduler(tmp: Path) -> AsyncIterator[Scheduler]:
 
     settings = Settings(
         listen="127.0.0.1:0",
-        database_url=f"sqlite+aiosqlite:///{tmp}/s.db",
+        database_url=database_url or f"sqlite+aiosqlite:///{tmp}/s.db",
         storage_address=f"127.0.0.1:{storage_grpc_port}",
         lease_seconds=LEASE_SECONDS,
         heartbeat_seconds=HEARTBEAT_SECONDS,

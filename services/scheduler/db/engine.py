@@ -1,13 +1,20 @@
 """The async engine, SQLite tuning, and the schema migrations.
 
 Migrations are numbered steps recorded in `schema_version`; a new schema change is a new
-step appended to MIGRATIONS, never an edit of an old one. SQLite runs in WAL mode with one
-writer at a time (`write_lock`), which is what SQLite supports anyway.
+step appended to MIGRATIONS, never an edit of an old one. The same steps create and upgrade
+SQLite and Postgres: write their DDL in the common subset (`DATETIME` in `_add_columns` is
+translated for Postgres); on Postgres the run holds a transaction-level advisory lock, so two
+processes starting together migrate one after the other.
+
+SQLite runs in WAL mode with one writer at a time (`write_lock`), which is what SQLite
+supports anyway. On Postgres `write_lock` is a no-op: transactions and row locks
+(`with_for_update` where a row is read, changed and written back) do that job.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -52,6 +59,8 @@ def _add_columns(conn: Connection, table: str, columns: dict[str, str]) -> None:
     present = {c["name"] for c in inspect(conn).get_columns(table)}
     for name, ddl in columns.items():
         if name not in present:
+            if conn.dialect.name == "postgresql":
+                ddl = ddl.replace("DATETIME", "TIMESTAMP WITH TIME ZONE")
             conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}"))
 
 
@@ -75,7 +84,16 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
 ]
 
 
+# pg_advisory_xact_lock key of a migration run ("cfmigrat" as a big-endian int64).
+MIGRATION_LOCK_KEY = int.from_bytes(b"cfmigrat", "big") - 2**63
+
+
 def _migrate(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+    elif conn.dialect.name == "sqlite":
+        # The driver starts no transaction before DDL: take the write lock now (busy_timeout waits).
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
     conn.execute(text("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, name TEXT)"))
     done = {row[0] for row in conn.execute(text("SELECT version FROM schema_version"))}
     for version, name, step in MIGRATIONS:
@@ -101,7 +119,9 @@ class Database:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
         # SQLite has one writer; serialising writes here avoids "database is locked".
-        self.write_lock = asyncio.Lock()
+        # Postgres has row locks and takes concurrent transactions.
+        self.write_lock: contextlib.AbstractAsyncContextManager[Any] = (
+            asyncio.Lock() if self.is_sqlite else contextlib.nullcontext())
         # Operations whose callers were cancelled, still finishing (see runs_to_completion).
         self._orphans: set[asyncio.Future[Any]] = set()
 

@@ -16,11 +16,14 @@ from sqlmodel import col, select
 
 from services.scheduler.db.engine import Database, runs_to_completion
 from services.scheduler.db.models import RunnerRow, TokenRow, UserRow
-from services.scheduler.errors import Unauthenticated
+from services.scheduler.errors import RunnerNotFound, Unauthenticated
 from services.scheduler.records import utcnow
 
 API = "api"
 RUNNER = "runner"
+# Drives every runner registered through the API (a runner pool); issued only to an
+# administrator, since it reads their ComfyUI headers in clear.
+POOL = "pool"
 
 
 def new_token() -> str:
@@ -137,6 +140,23 @@ class IdentityStore:
             row.object_info_digest = digest
             row.last_seen_at = now
             row.updated_at = now
+            s.add(row)
+        return row
+
+    @runs_to_completion
+    async def hello_registered_runner(
+        self, runner_id: str, *, slots: int, comfyui_version: str, digest: str
+    ) -> RunnerRow:
+        """A pool session's hello: the runner registered through the API as `runner_id`
+        (RunnerNotFound if there is none, or it is a self-registered agent)."""
+        async with self.db.write_lock, self.db.sessions() as s, s.begin():
+            row = await s.get(RunnerRow, runner_id)
+            if row is None or not row.endpoint:
+                raise RunnerNotFound(runner_id)
+            row.slots = slots
+            row.comfyui_version = comfyui_version
+            row.object_info_digest = digest
+            row.last_seen_at = utcnow()
             s.add(row)
         return row
 

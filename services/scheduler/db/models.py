@@ -1,9 +1,16 @@
-"""Tables. JSON columns hold small structured values (tags, params, failure, node errors)."""
+"""Tables. JSON columns hold small structured values (tags, params, failure, node errors).
+
+Every datetime column is a `UTCDateTime` (set at the bottom of this module, for every table
+in the metadata): TIMESTAMP WITH TIME ZONE on Postgres, SQLite's DATETIME text as before.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
+from sqlalchemy import DateTime, TypeDecorator
+from sqlalchemy.engine import Dialect
 from sqlmodel import Field, Index, SQLModel
 
 
@@ -135,3 +142,28 @@ class IdempotencyRow(SQLModel, table=True):
     # The serialized comfyfleet.scheduler.v1.Workflow as first answered.
     response: bytes
     created_at: datetime
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A point in time, in UTC. Postgres stores it as timestamptz (asyncpg refuses an aware
+    datetime for a naive `timestamp` column, and the code hands out aware ones); SQLite keeps
+    the naive text it always had (its readers attach UTC, e.g. identity_store._aware)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None or dialect.name == "sqlite":
+            return value
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        return value  # type: ignore[no-any-return]
+
+
+# SQLModel maps `datetime` to a naive DateTime and has no hook for another type: every table
+# defined above (and any added later in this module) gets UTCDateTime instead.
+for _table in SQLModel.metadata.tables.values():
+    for _column in _table.columns:
+        if isinstance(_column.type, DateTime) and not isinstance(_column.type, UTCDateTime):
+            _column.type = UTCDateTime()

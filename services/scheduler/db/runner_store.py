@@ -58,9 +58,16 @@ class RunnerStore:
             return list(rows.all()), int(total)
 
     @runs_to_completion
+    async def registered(self) -> list[RunnerRow]:
+        """Every runner registered through the API (with an endpoint), of every user: a runner pool's."""
+        async with self.db.sessions() as s:
+            rows = await s.exec(select(RunnerRow).where(RunnerRow.endpoint != "").order_by(col(RunnerRow.created_at)))
+            return list(rows.all())
+
+    @runs_to_completion
     async def update(self, runner_id: str, user_id: str, mutate: Callable[[RunnerRow], None]) -> RunnerRow:
         async with self.db.write_lock, self.db.sessions() as s, s.begin():
-            row = await s.get(RunnerRow, runner_id)
+            row = await s.get(RunnerRow, runner_id, with_for_update=True)
             if row is None or row.user_id != user_id:
                 raise RunnerNotFound(runner_id)
             mutate(row)

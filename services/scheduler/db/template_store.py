@@ -52,7 +52,7 @@ class TemplateStore:
     @runs_to_completion
     async def update(self, template_id: str, user_id: str, mutate: Callable[[TemplateRow], None]) -> TemplateRow:
         async with self.db.write_lock, self.db.sessions() as s, s.begin():
-            row = await s.get(TemplateRow, template_id)
+            row = await s.get(TemplateRow, template_id, with_for_update=True)
             if row is None or row.user_id != user_id:
                 raise TemplateNotFound(template_id)
             mutate(row)

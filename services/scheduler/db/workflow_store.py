@@ -81,7 +81,8 @@ class WorkflowStore:
     @runs_to_completion
     async def change(self, workflow_id: str, mutate: Mutation, *, new_outputs: Sequence[OutputRow] = ()) -> Change:
         async with self.db.write_lock, self.db.sessions() as s, s.begin():
-            row = await s.get(WorkflowRow, workflow_id)
+            # FOR UPDATE (Postgres): concurrent changes of one workflow take turns, so seq stays gapless.
+            row = await s.get(WorkflowRow, workflow_id, with_for_update=True)
             if row is None:
                 raise WorkflowNotFound(workflow_id)
             outputs = list((await s.exec(select(OutputRow).where(OutputRow.workflow_id == workflow_id))).all())
