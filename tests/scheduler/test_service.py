@@ -487,7 +487,8 @@ async def test_a_runner_that_reports_completion_and_dies_at_once(scheduler: Sche
         except TimeoutError:
             await w.stop()
             # not completed: still running, or already requeued once the 1 s lease ran out
-            assert status_of(await get(scheduler, wf.id)) in ("running", "accepted"), f"round {i}: completed but not told"
+            status = status_of(await get(scheduler, wf.id))
+            assert status in ("running", "accepted"), f"round {i}: completed but not told"
         else:
             assert seen[-1][1:] == ("status", "completed")
 
