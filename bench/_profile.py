@@ -1,0 +1,114 @@
+"""py-spy around a measured phase: `with profiled({"gateway": pid, ...}, "submit"):`.
+
+When profiling is on (`python -m bench.run --profile`, or BENCH_PROFILE=1), records each pid
+with py-spy while the block runs and writes under bench/profiles/: `<tag>-<proc>.txt`
+(collapsed stacks: open in speedscope or flamegraph.pl) and `<tag>-<proc>.top.txt` (the
+frames with the largest share of samples, inclusive and self). Off, it does nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+from bench._common import env_flag, log
+
+PROFILES = Path(__file__).resolve().parent / "profiles"
+
+
+def enabled() -> bool:
+    return env_flag("BENCH_PROFILE")
+
+
+def _py_spy() -> str | None:
+    candidate = Path(sys.executable).parent / "py-spy"
+    return str(candidate) if candidate.exists() else shutil.which("py-spy")
+
+
+@contextlib.contextmanager
+def profiled(pids: dict[str, int], tag: str, *, rate: int = 100) -> Iterator[None]:
+    spy = _py_spy() if enabled() and pids else None
+    if enabled() and pids and spy is None:
+        log("profiling asked for, but py-spy is not installed (pip install py-spy)")
+    if spy is None:
+        yield
+        return
+    PROFILES.mkdir(exist_ok=True)
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+    for name, pid in pids.items():
+        out = PROFILES / f"{tag}-{name}.txt"
+        procs.append((name, subprocess.Popen(
+            [spy, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw", "--output", str(out),
+             "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+    try:
+        yield
+    finally:
+        for _, proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for what, proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                log(f"py-spy for {what} did not stop")
+        for name in pids:
+            raw = PROFILES / f"{tag}-{name}.txt"
+            if raw.exists():
+                (PROFILES / f"{tag}-{name}.top.txt").write_text(top_frames(raw))
+        log(f"profiles written to {PROFILES}/{tag}-*")
+
+
+def top_frames(collapsed: Path, limit: int = 40) -> str:
+    """From py-spy's collapsed stacks: the frames holding the most samples (inclusive), self
+    time, and the inclusive shares among the samples that are not waits (WAITS)."""
+    inclusive: Counter[str] = Counter()
+    busy: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    total = active = 0
+    for line in collapsed.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [_short(f) for f in stack.split(";")]
+        waiting = frames[-1].split(" (")[0] in WAITS
+        total += count
+        active += 0 if waiting else count
+        for frame in set(frames):
+            inclusive[frame] += count
+            if not waiting:
+                busy[frame] += count
+        own[frames[-1]] += count
+    if not total:
+        return "no samples\n"
+    lines = [f"{total} samples", "", "inclusive share (a frame and everything it calls):"]
+    lines += [f"{100 * n / total:6.1f}%  {frame}" for frame, n in inclusive.most_common(limit)]
+    lines += ["", "self share (samples where this frame was on top):"]
+    lines += [f"{100 * n / total:6.1f}%  {frame}" for frame, n in own.most_common(limit)]
+    # py-spy's idle detection misses waits inside C calls: the event loop's epoll and aiosqlite's
+    # worker threads blocked in SimpleQueue.get (which also hides SQLite's own C time) show as busy.
+    if active:
+        lines += ["", f"inclusive share of the {active} samples not in a wait ({', '.join(sorted(WAITS))}):"]
+        lines += [f"{100 * n / active:6.1f}%  {frame}" for frame, n in busy.most_common(limit)]
+    return "\n".join(lines) + "\n"
+
+
+# Frames that, on top of a stack, mean the thread waits (or runs C code that py-spy cannot see into).
+WAITS = {"EpollSelector.select", "_connection_worker_thread", "Condition.wait", "Thread.run", "_worker",
+         "select", "Event.wait", "Queue.get", "SimpleQueue.get"}
+
+
+def _short(frame: str) -> str:
+    """`func (path/to/file.py:123)` -> `func (file.py)`: lines apart, same function."""
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    parts = path.split("/")
+    short = "/".join(parts[-2:]) if len(parts) > 1 else path
+    return f"{name} ({short})"

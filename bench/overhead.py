@@ -1,0 +1,129 @@
+"""End-to-end cost of the suite: one trivial workflow direct on ComfyUI vs through the suite.
+
+The workflow is EmptyImage -> ImageInvert -> SaveImage (8x8). Direct: POST /prompt to a
+ComfyUI double and wait on its websocket (one socket, kept open, as a ComfyUI client does)
+for `execution_success` of that prompt. Through the suite: POST /v1/workflow, then
+GET /subscribe (Last-Event-ID: 0) until the terminal status frame; a runner drives a second
+double of the same process. The two paths alternate, one workflow at a time; the graph's
+colour changes every run so ComfyUI's cache never short-cuts either path.
+
+Target: the suite adds at most 10 ms at the median and 50 ms at p99.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import sys
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+
+from bench._common import INVERT, CpuMeter, Fleet, create_body, figure, log, summary_ms
+from bench._profile import profiled
+
+TERMINAL = {"completed", "failed", "cancelled", "invalid"}
+
+
+def graph(color: int) -> dict[str, Any]:
+    g = json.loads(json.dumps(INVERT))
+    g["1"]["inputs"]["color"] = color
+    return g
+
+
+async def direct(session: aiohttp.ClientSession, base: str, ws: aiohttp.ClientWebSocketResponse, client_id: str,
+                 color: int) -> float:
+    start = time.perf_counter()
+    async with session.post(f"{base}/prompt", json={"prompt": graph(color), "client_id": client_id}) as reply:
+        body = await reply.json()
+        assert reply.status == 200, body
+    prompt_id = body["prompt_id"]
+    while True:
+        message = await ws.receive(timeout=30)
+        if message.type != aiohttp.WSMsgType.TEXT:
+            continue
+        data = json.loads(message.data)
+        if data.get("type") in ("execution_success", "execution_error") and data["data"].get("prompt_id") == prompt_id:
+            assert data["type"] == "execution_success", data
+            return time.perf_counter() - start
+
+
+async def through_suite(session: aiohttp.ClientSession, base: str, token: str, color: int) -> float:
+    body, content_type = create_body(graph(color), text=False)
+    auth = {"Authorization": f"Bearer {token}"}
+    start = time.perf_counter()
+    async with session.post(f"{base}/v1/workflow", data=body,
+                            headers={**auth, "Content-Type": content_type}) as reply:
+        created = await reply.json()
+        assert reply.status == 201, created
+    async with session.get(f"{base}/v1/workflow/{created['id']}/subscribe",
+                           headers={**auth, "Last-Event-ID": "0"}) as stream:
+        assert stream.status == 200
+        event = ""
+        async for raw in stream.content:
+            line = raw.decode().rstrip("\r\n")
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:") and event == "status":
+                status = json.loads(line[5:])["status"]
+                if status in TERMINAL:
+                    assert status == "completed", line
+                    return time.perf_counter() - start
+    raise RuntimeError("the event stream ended before a terminal status")
+
+
+async def measure(fleet: Fleet, runs: int, warmup: int) -> tuple[list[float], list[float]]:
+    suite_base = fleet.url
+    direct_base = f"http://127.0.0.1:{fleet.double_ports[1]}"
+    client_id = uuid.uuid4().hex
+    direct_s: list[float] = []
+    suite_s: list[float] = []
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(timeout=timeout) as session, \
+            session.ws_connect(f"{direct_base.replace('http', 'ws')}/ws?clientId={client_id}") as ws:
+        for i in range(warmup + runs):
+            color = 1000 + i
+            d = await direct(session, direct_base, ws, client_id, color)
+            s = await through_suite(session, suite_base, fleet.token, color)
+            if i >= warmup:
+                direct_s.append(d)
+                suite_s.append(s)
+    return direct_s, suite_s
+
+
+def main(quick: bool) -> dict[str, Any]:
+    runs, warmup = (20, 2) if quick else (150, 5)
+    with Fleet(doubles=2, runners=1) as fleet:
+        log(f"overhead: {runs} runs each way, alternating")
+        pids = {name: fleet.pid(name) for name in ("gateway", "scheduler", "storage", "runner-0", "doubles")}
+        meter = CpuMeter(pids)
+        with profiled(pids, "overhead"):
+            meter.start()
+            direct_s, suite_s = asyncio.run(measure(fleet, runs, warmup))
+            cpu = meter.stop()
+    d, s = summary_ms(direct_s), summary_ms(suite_s)
+    added = [(b - a) * 1000 for a, b in zip(direct_s, suite_s, strict=True)]
+    add_median = s["median"] - d["median"]
+    add_p99 = s["p99"] - d["p99"]
+    return {
+        "figures": [
+            figure("suite latency median", s["median"], "ms", baseline=d["median"],
+                   note=f"direct min {d['min']} max {d['max']}; suite min {s['min']} max {s['max']}"),
+            figure("suite latency p99", s["p99"], "ms", baseline=d["p99"]),
+            figure("added at median", add_median, "ms", target="<= +10 ms", met=add_median <= 10),
+            figure("added at p99", add_p99, "ms", target="<= +50 ms", met=add_p99 <= 50),
+        ],
+        "direct_ms": d,
+        "suite_ms": s,
+        "paired_added_ms": {"median": round(statistics.median(added), 2)},
+        "runs": runs,
+        # CPU per run (both paths; the doubles serve both): how much of the added time is work.
+        "cpu_ms_per_run": {k: round(1000 * v / (runs + warmup), 2) for k, v in cpu.items()},
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(main("--quick" in sys.argv), indent=2))
