@@ -32,13 +32,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def grpc_ready(address: str, timeout: float = 0.5) -> bool:
+def grpc_health(address: str, timeout: float = 0.5) -> int | None:
+    """The health status (health_pb2.HealthCheckResponse.SERVING, ...), or None without an answer."""
     try:
         with grpc.insecure_channel(address) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
-            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+            return int(reply.status)
     except grpc.RpcError:
-        return False
+        return None
+
+
+def grpc_ready(address: str, timeout: float = 0.5) -> bool:
+    return grpc_health(address, timeout) == health_pb2.HealthCheckResponse.SERVING
 
 
 def http_ready(url: str, timeout: float = 0.5) -> bool:
@@ -57,15 +62,26 @@ class Suite:
     scheduler_port: int = 50051
     storage_port: int = 50052
     gateway_port: int = 8080
+    # A second scheduler process, the standby (needs a Postgres SCHEDULER_DATABASE_URL in
+    # extra_env): started by start("scheduler-standby"); the gateway and runners get both.
+    standby_port: int | None = None
     comfyui_url: str | None = None
     runner_tags: str = ""
     runner_slots: int = 1
     extra_env: dict[str, str] = field(default_factory=dict)
+    # name -> port of the process's GET /metrics (scheduler, storage, runners), a free one
+    # picked at start; None = each service's default port (make run).
+    metrics_ports: dict[str, int] | None = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.gateway_port}"
+
+    @property
+    def scheduler_addresses(self) -> str:
+        ports = [self.scheduler_port] + ([self.standby_port] if self.standby_port else [])
+        return ",".join(f"127.0.0.1:{p}" for p in ports)
 
     @property
     def token(self) -> str:
@@ -86,7 +102,7 @@ class Suite:
             "STORAGE_PUBLIC_URL": self.gateway_url,
             "GATEWAY_HOST": "127.0.0.1",
             "GATEWAY_PORT": str(self.gateway_port),
-            "GATEWAY_SCHEDULER": f"127.0.0.1:{self.scheduler_port}",
+            "GATEWAY_SCHEDULER": self.scheduler_addresses,
             "GATEWAY_STORAGE": f"127.0.0.1:{self.storage_port}",
         })
         env.update(self.extra_env)
@@ -97,6 +113,16 @@ class Suite:
             assert self.comfyui_url, "a runner needs COMFYUI_URL"
             self.start_runner("local-runner", self.comfyui_url, self.runner_tags, self.runner_slots, key="runner")
             return
+        if name == "pool":  # drives every runner registered with POST /v1/runner
+            self._spawn(name, [sys.executable, "-m", "services.runner", "--pool",
+                               "--scheduler", self.scheduler_addresses,
+                               "--storage", f"127.0.0.1:{self.storage_port}",
+                               "--token-file", str(self.var_dir / "pool-token")])
+            return
+        if name == "scheduler-standby":
+            self._spawn(name, [sys.executable, "-m", "services.scheduler"],
+                        {"SCHEDULER_LISTEN": f"127.0.0.1:{self.standby_port}"})
+            return
         self._spawn(name, [sys.executable, "-m", f"services.{name}"])
 
     def start_runner(self, name: str, comfyui_url: str, tags: str = "", slots: int = 1, *, key: str = "") -> str:
@@ -105,7 +131,7 @@ class Suite:
         key = key or f"runner-{name}"
         args = [
             sys.executable, "-m", "services.runner",
-            "--scheduler", f"127.0.0.1:{self.scheduler_port}",
+            "--scheduler", self.scheduler_addresses,
             "--storage", f"127.0.0.1:{self.storage_port}",
             "--comfyui-url", comfyui_url,
             "--token-file", str(self.var_dir / "runner-token"),
@@ -117,10 +143,13 @@ class Suite:
         self._spawn(key, args)
         return key
 
-    def _spawn(self, name: str, args: list[str]) -> None:
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        if self.metrics_ports is not None:
+            port = self.metrics_ports.setdefault(name, free_port())
+            env = {**{f"{svc}_METRICS_PORT": str(port) for svc in ("SCHEDULER", "STORAGE", "RUNNER")}, **(env or {})}
         self.var_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.var_dir / f"{name}.log", "ab")
-        self.procs[name] = subprocess.Popen(args, cwd=ROOT, env=self._env(), stdout=log, stderr=log,
+        self.procs[name] = subprocess.Popen(args, cwd=ROOT, env={**self._env(), **(env or {})}, stdout=log, stderr=log,
                                             start_new_session=True)
         log.close()
 
@@ -140,11 +169,16 @@ class Suite:
             return grpc_ready(f"127.0.0.1:{self.storage_port}")
         if name == "scheduler":
             return grpc_ready(f"127.0.0.1:{self.scheduler_port}") and (self.var_dir / "dev-token").exists()
+        if name == "scheduler-standby":  # listening; SERVING only once it takes over
+            return grpc_health(f"127.0.0.1:{self.standby_port}") is not None
         if name == "gateway":
             return http_ready(f"{self.gateway_url}/healthz")
         if name == "runner" or name.startswith("runner-"):
             log = self.var_dir / f"{name}.log"
             return log.exists() and "welcomed as runner" in log.read_text(errors="replace")
+        if name == "pool":
+            log = self.var_dir / "pool.log"
+            return log.exists() and "runner pool:" in log.read_text(errors="replace")
         return True
 
     def up(self) -> None:
@@ -176,7 +210,8 @@ class Suite:
 def main() -> None:
     var = Path(os.environ.get("COMFYFLEET_VAR", ROOT / "var"))
     suite = Suite(var_dir=var, comfyui_url=os.environ.get("COMFYUI_URL") or None,
-                  runner_tags=os.environ.get("RUNNER_TAGS", ""), runner_slots=int(os.environ.get("RUNNER_SLOTS", "1")))
+                  runner_tags=os.environ.get("RUNNER_TAGS", ""), runner_slots=int(os.environ.get("RUNNER_SLOTS", "1")),
+                  metrics_ports=None)
     stop = False
 
     def on_signal(_sig: int, _frame: object) -> None:
@@ -187,12 +222,15 @@ def main() -> None:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         suite.up()
+        suite.start("pool")
+        suite.wait_ready("pool")
         print(f"\ncomfyfleet is running: {suite.gateway_url}")
         print(f"development API token (also in {var / 'dev-token'}):\n  {suite.token}")
         if suite.comfyui_url:
             print(f"runner driving ComfyUI at {suite.comfyui_url}")
         else:
             print("no runner: set COMFYUI_URL=http://host:8188 to start one")
+        print("runner pool: drives every ComfyUI registered with POST /v1/runner")
         print(f"logs: {var}/*.log    Ctrl-C stops everything\n", flush=True)
         while not stop:
             for name, proc in suite.procs.items():

@@ -3,6 +3,7 @@
     config.py            RunnerSettings from flags and environment (read once in main)
     errors.py            the package's exception tree
     server.py            wiring: builds the parts, runs them, stops them on SIGTERM
+    pool.py              pool mode: one agent per runner registered through the API (WatchPool)
     session.py           the scheduler stream: Hello/Welcome, heartbeats, reconnect, resend
     outbox.py            events numbered by runner_seq, kept until safely delivered
     agent.py             the held executions, slots, Assignment/Cancel/Drain/abandon

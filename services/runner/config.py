@@ -3,6 +3,7 @@
 Every flag has an environment variable; a flag given on the command line wins over it.
 
     --scheduler       RUNNER_SCHEDULER        host:port of the scheduler       127.0.0.1:50051
+                                              (or ip:port,ip:port: active + standby)
     --storage         RUNNER_STORAGE          host:port of the storage service 127.0.0.1:50052
     --comfyui-url     COMFYUI_URL             base URL of ComfyUI              http://127.0.0.1:8188
     --tags            RUNNER_TAGS             comma-separated tags             (none)
@@ -17,6 +18,12 @@ Every flag has an environment variable; a flag given on the command line wins ov
                                               and hands back what ComfyUI never got  5
     --drain-timeout   RUNNER_DRAIN_TIMEOUT    seconds to let held work finish on SIGTERM  30
     --log-level       RUNNER_LOG_LEVEL        logging level                    INFO
+    --pool            RUNNER_POOL=1           pool mode: drive every runner registered through
+                                              the API (the token is then a pool token; the
+                                              ComfyUI URL, name and tags come from each runner)
+    --metrics-port    RUNNER_METRICS_PORT     GET /metrics over HTTP (0 = off)  9463
+    --metrics-host    RUNNER_METRICS_HOST     address /metrics binds           127.0.0.1
+    --log-format      COMFYFLEET_LOG_FORMAT   log lines as text or json        text
 
 Nothing else in the package reads `os.environ`.
 """
@@ -29,6 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.common.logs import LogFormat, parse_log_format
 from services.runner.errors import ConfigError
 
 
@@ -75,6 +83,16 @@ class RunnerSettings:
     default_lease_s: float = 30.0
     # Timeout of one ComfyUI HTTP request (uploads and /view downloads stream and may take longer).
     comfyui_request_timeout_s: float = 30.0
+    # Pool mode (services/runner/pool.py): one agent per runner registered through the API.
+    pool: bool = False
+    # Set by the pool for each agent it runs: the registered runner (Hello.runner_id) and the
+    # headers sent with every request to its ComfyUI.
+    runner_id: str = ""
+    comfyui_headers: tuple[tuple[str, str], ...] = ()
+    # GET /metrics (services/runner/metrics.py) and the log lines' format (services/common/logs.py).
+    metrics_port: int = 9463
+    metrics_host: str = "127.0.0.1"
+    log_format: LogFormat = "text"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,6 +109,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--comfyui-unready-after", help="seconds (RUNNER_COMFYUI_UNREADY_AFTER)")
     p.add_argument("--drain-timeout", help="seconds (RUNNER_DRAIN_TIMEOUT)")
     p.add_argument("--log-level", help="logging level (RUNNER_LOG_LEVEL)")
+    p.add_argument("--pool", action="store_true", default=None,
+                   help="drive every runner registered through the API (RUNNER_POOL=1)")
+    p.add_argument("--metrics-port", help="port of GET /metrics, 0 = off (RUNNER_METRICS_PORT)")
+    p.add_argument("--metrics-host", help="address GET /metrics binds (RUNNER_METRICS_HOST)")
+    p.add_argument("--log-format", help="text or json (COMFYFLEET_LOG_FORMAT)")
     return p
 
 
@@ -165,4 +188,21 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> RunnerSett
         drain_timeout_s=_positive_float("drain timeout", drain) if drain else 30.0,
         comfyui_unready_after_s=_positive_float("comfyui unready after", unready) if unready else 5.0,
         log_level=(pick(args.log_level, "RUNNER_LOG_LEVEL") or "INFO").upper(),
+        pool=bool(args.pool) or environ.get("RUNNER_POOL", "").lower() in ("1", "true", "yes"),
+        metrics_port=_port("metrics port", pick(args.metrics_port, "RUNNER_METRICS_PORT") or "9463"),
+        metrics_host=pick(args.metrics_host, "RUNNER_METRICS_HOST") or defaults.metrics_host,
+        log_format=_log_format(pick(args.log_format, "COMFYFLEET_LOG_FORMAT") or "text"),
     )
+
+
+def _port(name: str, raw: str) -> int:
+    if not raw.isdigit() or not 0 <= int(raw) <= 65535:
+        raise ConfigError(f"{name} must be a port number (0 = off), got {raw!r}")
+    return int(raw)
+
+
+def _log_format(raw: str) -> LogFormat:
+    try:
+        return parse_log_format(raw)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None

@@ -1,4 +1,5 @@
 """Wiring: builds the runner's parts from its settings, runs them, stops them on SIGTERM.
+In pool mode (`--pool`, services/runner/pool.py) it runs one such runner per registered runner.
 
     ComfyUIClient ─┬─ ComfyUIFeed (one websocket, owned task) ── ComfyUIWatch (readiness, schemas)
                    ├─ RunnerAgent (executions, slots) ── Outbox ── RunnerSession (owned task)
@@ -22,6 +23,10 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from prometheus_client import REGISTRY
+
+from services.common.logs import configure_logging
+from services.common.metrics import MetricsListener
 from services.runner.agent import RunnerAgent
 from services.runner.comfyui_client import ComfyUIClient
 from services.runner.comfyui_feed import ComfyUIFeed
@@ -29,7 +34,9 @@ from services.runner.comfyui_watch import ComfyUIWatch
 from services.runner.config import RunnerSettings, load_settings
 from services.runner.errors import ConfigError
 from services.runner.execution import ExecutionSettings
+from services.runner.metrics import RunnerCollector
 from services.runner.outbox import Outbox
+from services.runner.pool import RunningPool, start_pool
 from services.runner.session import RunnerIdentity, RunnerSession, SessionSettings
 from services.runner.storage_client import StorageClient
 
@@ -46,9 +53,11 @@ class RunningRunner:
     session: RunnerSession
     tasks: list[asyncio.Task[None]]
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, drain_timeout_s: float | None = None) -> None:
+        """Stops it; held work gets `drain_timeout_s` (default: the setting) to finish."""
         self.agent.drain()
-        if not await self.agent.wait_idle(self.settings.drain_timeout_s):
+        drain_s = self.settings.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
+        if not await self.agent.wait_idle(drain_s):
             log.warning("drain timed out with %d held; abandoning them", self.agent.in_flight())
         await self.agent.close()
         if self.session.connected.is_set():
@@ -65,7 +74,8 @@ class RunningRunner:
 
 async def start_runner(settings: RunnerSettings) -> RunningRunner:
     """Builds and starts every part; returns once the background tasks are running."""
-    comfyui = ComfyUIClient(settings.comfyui_url, request_timeout_s=settings.comfyui_request_timeout_s)
+    comfyui = ComfyUIClient(settings.comfyui_url, request_timeout_s=settings.comfyui_request_timeout_s,
+                            headers=dict(settings.comfyui_headers))
     storage = StorageClient(settings.storage)
     feed = ComfyUIFeed(comfyui, f"comfyfleet-{uuid.uuid4()}", backoff=settings.comfyui_backoff)
     outbox = Outbox(window_s=settings.default_lease_s)
@@ -86,7 +96,8 @@ async def start_runner(settings: RunnerSettings) -> RunningRunner:
     )
     session = RunnerSession(
         settings.scheduler,
-        RunnerIdentity(token=settings.token, name=settings.name, tags=settings.tags, slots=settings.slots),
+        RunnerIdentity(token=settings.token, name=settings.name, tags=settings.tags, slots=settings.slots,
+                       runner_id=settings.runner_id),
         agent,
         outbox,
         watch,
@@ -119,13 +130,27 @@ async def serve(settings: RunnerSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner = await start_runner(settings)
+    running: RunningRunner | RunningPool = (
+        await start_pool(settings, start_runner) if settings.pool else await start_runner(settings))
+    metrics = await MetricsListener(settings.metrics_host, settings.metrics_port).start() \
+        if settings.metrics_port else None
+    collector = RunnerCollector(lambda: _runners(running))
+    REGISTRY.register(collector)
     await stop.wait()
     log.info("signal received: stopping")
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(Exception):
             loop.remove_signal_handler(sig)
-    await runner.shutdown()
+    await running.shutdown()
+    REGISTRY.unregister(collector)
+    if metrics is not None:
+        await metrics.close()
+
+
+def _runners(running: RunningRunner | RunningPool) -> list[RunningRunner]:
+    if isinstance(running, RunningRunner):
+        return [running]
+    return [agent for _, agent in running.pool.agents.values() if isinstance(agent, RunningRunner)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,6 +159,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"runner: {err.message}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_format, settings.log_level)
     asyncio.run(serve(settings))
     return 0

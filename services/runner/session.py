@@ -32,7 +32,7 @@ import grpc
 from comfyfleet.runner.v1 import runner_session_service_pb2 as pb
 from comfyfleet.runner.v1 import runner_session_service_pb2_grpc as pb_grpc
 
-from services.common.grpc_server import CHANNEL_OPTIONS
+from services.common.failover import failover_channel
 from services.runner.comfyui_watch import ComfyUIFacts
 from services.runner.config import Backoff
 from services.runner.errors import ComfyUIError
@@ -59,6 +59,8 @@ class RunnerIdentity:
     name: str
     tags: tuple[str, ...]
     slots: int
+    # Pool mode: the registered runner this session drives (the token is then a pool token).
+    runner_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ class RunnerSession:
         readiness: Readiness,
         settings: SessionSettings,
     ) -> None:
-        self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._channel = failover_channel(target)  # one address, or active + standby schedulers
         self._stub = pb_grpc.RunnerSessionServiceStub(self._channel)
         self._identity = identity
         self._handler = handler
@@ -173,6 +175,7 @@ class RunnerSession:
                 object_info_digest=facts.digest,
                 node_classes=facts.node_classes,
                 held=[pb.HeldWorkflow(workflow_id=w, attempt=a) for w, a in sorted(held)],
+                runner_id=self._identity.runner_id,
             )
         )
 

@@ -61,6 +61,12 @@ class RunnerPoolServicer(runner_pool_service_pb2_grpc.RunnerPoolServiceServicer)
         self.store = store
         self.changes = changes
         self.resync_seconds = resync_seconds
+        self._closed = False
+
+    def close(self) -> None:
+        """Ends every WatchPool stream (the scheduler is stopping; pools reconnect to another)."""
+        self._closed = True
+        self.changes.changed()
 
     @maps_domain_errors
     async def WatchPool(
@@ -68,7 +74,7 @@ class RunnerPoolServicer(runner_pool_service_pb2_grpc.RunnerPoolServiceServicer)
     ) -> AsyncIterator[runner_pool_service_pb2.WatchPoolResponse]:
         await pool_user(self.identity, _bearer(context))
         last: runner_pool_service_pb2.WatchPoolResponse | None = None
-        while True:
+        while not self._closed:
             changed = self.changes.event  # taken before the read: a change during it is not missed
             current = runner_pool_service_pb2.WatchPoolResponse(
                 runners=[pool_runner_pb(row) for row in await self.store.registered()])

@@ -1,6 +1,7 @@
 """Wiring: settings, database, stores, fleet, hub, servicers, background tasks, gRPC server.
 
-`SchedulerApp.start` builds every object `run` serves; tests build the same app and serve it
+`SchedulerApp.start` builds every object `run` serves once this process is the active
+scheduler (standby.py); tests build the same app and serve it
 on port 0 (`register` + `stop`), so the wiring exists once.
 
 Input files are deleted when their workflow finishes (input_sweeper.py).
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from dataclasses import dataclass
 
 import grpc
@@ -22,7 +24,8 @@ from comfyfleet.scheduler.v1 import (
     workflow_service_pb2_grpc,
 )
 
-from services.common.grpc_server import serve
+from services.common.logs import configure_logging
+from services.common.metrics import start_metrics
 from services.scheduler.bootstrap import ensure_dev_tokens
 from services.scheduler.config import Settings
 from services.scheduler.db.engine import Database
@@ -35,11 +38,13 @@ from services.scheduler.fleet import Fleet
 from services.scheduler.hub import EventHub
 from services.scheduler.input_sweeper import InputSweeper
 from services.scheduler.limits import Limits
+from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.pool_servicer import PoolChanges, RunnerPoolServicer
 from services.scheduler.retention import OutputRetention
 from services.scheduler.runner_servicer import RunnerServicer
 from services.scheduler.runners import Runners
 from services.scheduler.session_servicer import RunnerSessionServicer
+from services.scheduler.standby import leadership_for, serve_when_active
 from services.scheduler.storage_client import StorageClient
 from services.scheduler.template_servicer import TemplateServicer
 from services.scheduler.templates import Templates
@@ -119,6 +124,12 @@ class SchedulerApp:
         if self.pool is not None:
             runner_pool_service_pb2_grpc.add_RunnerPoolServiceServicer_to_server(self.pool, server)
 
+    async def drain(self) -> None:
+        """Ends the runner sessions and pool watches, so they do not hold up the server's stop."""
+        if self.pool is not None:
+            self.pool.close()
+        await self.sessions.close()
+
     async def stop(self) -> None:
         self.placement.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -131,12 +142,24 @@ class SchedulerApp:
         await self.db.close()
 
 
-async def run(settings: Settings) -> None:
-    app = await SchedulerApp.start(settings)
-    await serve(settings.listen, app.register, service_names=SERVICE_NAMES, on_stop=app.stop,
-                before_stop=app.sessions.close)
+async def run(settings: Settings) -> int:
+    """Serves once this process is the active scheduler (standby.py; on SQLite at once).
+    /metrics (metrics.py) is served from the start; its gauges follow the app once active."""
+    metrics = SchedulerMetrics()
+    listener = await start_metrics(settings.listen, settings.metrics_port, refresh=metrics.refresh)
+
+    async def start() -> SchedulerApp:
+        return metrics.watch(await SchedulerApp.start(settings))
+
+    try:
+        return await serve_when_active(settings.listen, leadership_for(settings.database_url), start,
+                                       service_names=SERVICE_NAMES)
+    finally:
+        if listener is not None:
+            await listener.close()
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(run(Settings.from_env()))
+    settings = Settings.from_env()
+    configure_logging(settings.log_format)
+    sys.exit(asyncio.run(run(settings)))

@@ -66,3 +66,9 @@ def test_backoff_is_capped_and_jittered() -> None:
     assert [b.delay(n, 1.0) for n in range(8)] == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
     assert b.delay(3, 0.0) == 0.0
     assert b.delay(10_000, 0.5) == 15.0
+
+
+def test_pool_mode_from_the_flag_or_the_environment() -> None:
+    assert load_settings([], ENV).pool is False
+    assert load_settings(["--pool"], ENV).pool is True
+    assert load_settings([], {**ENV, "RUNNER_POOL": "1"}).pool is True

@@ -128,10 +128,12 @@ class IdentityStore:
     async def upsert_runner(
         self, user_id: str, name: str, *, tags: list[str], slots: int, comfyui_version: str, digest: str
     ) -> RunnerRow:
-        """The runner a self-registering agent is, by (owner, name); created on first hello."""
+        """The runner a self-registering agent is, by (owner, name); created on first hello.
+        A runner registered through the API is never matched: only its pool session binds it."""
         now = utcnow()
         async with self.db.write_lock, self.db.sessions() as s, s.begin():
-            row = (await s.exec(select(RunnerRow).where(RunnerRow.user_id == user_id, RunnerRow.name == name))).first()
+            row = (await s.exec(select(RunnerRow).where(RunnerRow.user_id == user_id, RunnerRow.name == name,
+                                                        RunnerRow.endpoint == ""))).first()
             if row is None:
                 row = RunnerRow(id=str(uuid.uuid4()), user_id=user_id, name=name, created_at=now, updated_at=now)
             row.tags_json = json.dumps(tags)
