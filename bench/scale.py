@@ -35,10 +35,11 @@ _OPEN = "('accepted', 'uploaded', 'queued', 'running')"
 QUERIES = {
     "count_open (create)": f"SELECT count(*) FROM workflows WHERE user_id = :user AND status IN {_OPEN}",
     "get by id (create)": "SELECT * FROM workflows WHERE id = :id",
-    "list total": "SELECT count(*) FROM (SELECT * FROM workflows WHERE user_id = :user)",
-    "list page 1": "SELECT * FROM workflows WHERE user_id = :user ORDER BY created_at DESC, id DESC LIMIT 10",
-    "list last page": "SELECT * FROM workflows WHERE user_id = :user ORDER BY created_at DESC, id DESC "
-                      "LIMIT 10 OFFSET :offset",
+    "list total": "SELECT total FROM workflow_counts WHERE user_id = :user",
+    "list page 1": "SELECT * FROM workflows WHERE id IN (SELECT id FROM workflows WHERE user_id = :user "
+                   "ORDER BY created_at DESC, id DESC LIMIT 10) ORDER BY created_at DESC, id DESC",
+    "list last page": "SELECT * FROM workflows WHERE id IN (SELECT id FROM workflows WHERE user_id = :user "
+                      "ORDER BY created_at DESC, id DESC LIMIT 10 OFFSET :offset) ORDER BY created_at DESC, id DESC",
 }
 
 

@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.errors import ComfyfleetError, abort
+from services.common.grpc_telemetry import server_interceptors
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,10 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # A restarted peer is used again within about a second: gRPC's default backoff grows to
+    # 120 s, and calls fail fast (503) until the next attempt (tests/faults).
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
 ]
 
 
@@ -83,7 +88,7 @@ async def serve(
 
     `before_stop` runs once health is NOT_SERVING and before the drain; `on_stop` after it.
     """
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=server_interceptors())
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

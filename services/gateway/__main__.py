@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
 import uvicorn
 
+from services.common.logs import configure_logging
 from services.gateway.app import create_app
 from services.gateway.config import GatewaySettings
 from services.gateway.errors import InvalidSettings
@@ -17,11 +17,11 @@ GRACEFUL_SHUTDOWN_SECONDS = 10
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = GatewaySettings.from_env(os.environ)
     except InvalidSettings as err:
         sys.exit(f"gateway: {err}")
+    configure_logging(settings.log_format)
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
@@ -29,6 +29,7 @@ def main() -> None:
         lifespan="on",
         ws="none",
         log_config=None,
+        access_log=False,  # request_id.py logs each request, with its request id
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
     uvicorn.Server(config).run()

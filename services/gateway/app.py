@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import grpc
 from starlette.applications import Starlette
@@ -12,11 +13,13 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from services.common.errors import ComfyfleetError
+from services.common.failover import failover_channel
 from services.common.grpc_server import CHANNEL_OPTIONS
 from services.gateway import (
     health_routes,
     object_routes,
     runner_routes,
+    subscribe_routes,
     template_routes,
     user_routes,
     workflow_routes,
@@ -25,9 +28,11 @@ from services.gateway.config import GatewaySettings
 from services.gateway.context import Gateway
 from services.gateway.dashboard import DashboardRoute
 from services.gateway.errors import ErrorBodyMiddleware, handle_domain_error, handle_http_exception
+from services.gateway.feeds import Feeds
 from services.gateway.metrics import Metrics, MetricsMiddleware, metrics_route
 from services.gateway.openapi import openapi_route
 from services.gateway.rate_limit import RateLimitMiddleware
+from services.gateway.request_id import RequestIdMiddleware
 from services.gateway.scheduler_client import GrpcScheduler
 from services.gateway.storage_client import GrpcStorage
 
@@ -45,7 +50,7 @@ ROUTES = [
     Route("/v1/workflow/{id}", workflow_routes.delete_workflow, methods=["DELETE"]),
     Route("/v1/workflow/{id}/rerun", workflow_routes.rerun_workflow, methods=["POST"]),
     Route("/v1/workflow/{id}/cancel", workflow_routes.cancel_workflow, methods=["POST"]),
-    Route("/v1/workflow/{id}/subscribe", workflow_routes.subscribe, methods=["GET"]),
+    Route("/v1/workflow/{id}/subscribe", subscribe_routes.subscribe, methods=["GET"]),
     Route("/v1/workflow/{id}/outputs", workflow_routes.list_outputs, methods=["GET"]),
     Route("/v1/runner", runner_routes.create_runner, methods=["POST"]),
     Route("/v1/runner", runner_routes.list_runners, methods=["GET"]),
@@ -70,17 +75,22 @@ def create_app(settings: GatewaySettings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        scheduler = grpc.aio.insecure_channel(settings.scheduler_address, options=CHANNEL_OPTIONS)
+        scheduler = failover_channel(settings.scheduler_address)  # one address, or active + standby
         storage = grpc.aio.insecure_channel(settings.storage_address, options=CHANNEL_OPTIONS)
+        storage_client = GrpcStorage(storage)
+        feeds = Feeds(partial(subscribe_routes.render, storage_client), capacity=settings.sse_buffer_frames,
+                      keepalive_seconds=settings.sse_keepalive_seconds)
         app.state.gateway = Gateway(
             settings=settings,
             scheduler=GrpcScheduler(scheduler),
-            storage=GrpcStorage(storage),
+            storage=storage_client,
             channels={"scheduler": scheduler, "storage": storage},
+            feeds=feeds,
         )
         try:
             yield
         finally:
+            await feeds.close()
             await scheduler.close(CHANNEL_CLOSE_GRACE_SECONDS)
             await storage.close(CHANNEL_CLOSE_GRACE_SECONDS)
 
@@ -89,6 +99,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
         routes=ROUTES,
         lifespan=lifespan,
         middleware=[
+            Middleware(RequestIdMiddleware),  # outermost: the id and access line cover everything
             Middleware(MetricsMiddleware, metrics=metrics, routes=ROUTES),
             Middleware(ErrorBodyMiddleware),
             Middleware(RateLimitMiddleware, limit=settings.rate_limit_requests,

@@ -4,12 +4,15 @@
 |---------------------------------|--------------------|-------------------------------------------|
 | GATEWAY_HOST                    | 127.0.0.1          | address the HTTP server binds             |
 | GATEWAY_PORT                    | 8080               | port the HTTP server binds (0 = any)      |
-| GATEWAY_SCHEDULER               | 127.0.0.1:50051    | gRPC address of the scheduler             |
+| GATEWAY_SCHEDULER               | 127.0.0.1:50051    | scheduler gRPC address; ip:port,ip:port = active + standby |
 | GATEWAY_STORAGE                 | 127.0.0.1:50052    | gRPC address of storage                   |
 | GATEWAY_MAX_REQUEST_BYTES       | 52428800 (50 MiB)  | size limit of one request body            |
 | GATEWAY_SSE_KEEPALIVE_SECONDS   | 15                 | interval of SSE keep-alive comments       |
+| GATEWAY_SSE_STALL_SECONDS       | 30                 | an SSE client that reads nothing this long is dropped |
+| GATEWAY_SSE_BUFFER_FRAMES       | 256                | frames queued per SSE client before it is dropped |
 | GATEWAY_RATE_LIMIT_REQUESTS     | 40                 | requests per token per window (0 = off)   |
 | GATEWAY_RATE_LIMIT_WINDOW_SECONDS | 10               | the rate limit's sliding window           |
+| COMFYFLEET_LOG_FORMAT           | text               | log lines as `text` or `json` (one object per line) |
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from services.common.logs import LogFormat, parse_log_format
 from services.gateway.errors import InvalidSettings
 
 
@@ -30,8 +34,11 @@ class GatewaySettings:
     storage_address: str = "127.0.0.1:50052"
     max_request_bytes: int = 50 * 1024 * 1024
     sse_keepalive_seconds: float = 15.0
+    sse_stall_seconds: float = 30.0
+    sse_buffer_frames: int = 256
     rate_limit_requests: int = 40
     rate_limit_window_seconds: float = 10.0
+    log_format: LogFormat = "text"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> GatewaySettings:
@@ -44,10 +51,20 @@ class GatewaySettings:
             storage_address=_text(env, "GATEWAY_STORAGE", default.storage_address),
             max_request_bytes=_integer(env, "GATEWAY_MAX_REQUEST_BYTES", default.max_request_bytes, minimum=1),
             sse_keepalive_seconds=_seconds(env, "GATEWAY_SSE_KEEPALIVE_SECONDS", default.sse_keepalive_seconds),
+            sse_stall_seconds=_seconds(env, "GATEWAY_SSE_STALL_SECONDS", default.sse_stall_seconds),
+            sse_buffer_frames=_integer(env, "GATEWAY_SSE_BUFFER_FRAMES", default.sse_buffer_frames, minimum=1),
             rate_limit_requests=_integer(env, "GATEWAY_RATE_LIMIT_REQUESTS", default.rate_limit_requests, minimum=0),
             rate_limit_window_seconds=_seconds(env, "GATEWAY_RATE_LIMIT_WINDOW_SECONDS",
                                                default.rate_limit_window_seconds),
+            log_format=_log_format(env),
         )
+
+
+def _log_format(env: Mapping[str, str]) -> LogFormat:
+    try:
+        return parse_log_format(env.get("COMFYFLEET_LOG_FORMAT", ""))
+    except ValueError as err:
+        raise InvalidSettings(str(err)) from None
 
 
 def _text(env: Mapping[str, str], name: str, default: str) -> str:

@@ -10,6 +10,7 @@ from starlette.requests import Request
 
 from services.gateway.config import GatewaySettings
 from services.gateway.errors import Unauthenticated
+from services.gateway.feeds import Feeds
 from services.gateway.scheduler_client import Scheduler
 from services.gateway.storage_client import Storage
 
@@ -23,6 +24,8 @@ class Gateway:
     storage: Storage
     # Dependency name -> channel, for the readiness probe's gRPC health checks.
     channels: Mapping[str, grpc.aio.Channel]
+    # Shared WatchWorkflow streams, one per watched workflow, fanned out to SSE subscribers.
+    feeds: Feeds
 
 
 def gateway(request: Request) -> Gateway:

@@ -24,6 +24,7 @@ from comfyfleet.scheduler.v1 import (
     workflow_service_pb2_grpc,
 )
 
+from services.common.grpc_telemetry import outgoing_metadata
 from services.gateway.errors import from_grpc
 
 RPC_TIMEOUT_SECONDS = 10.0
@@ -64,7 +65,7 @@ class Scheduler(Protocol):
 
 
 def _metadata(auth: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", auth),)
+    return (("authorization", auth), *outgoing_metadata())  # + x-request-id (request_id.py)
 
 
 class GrpcWatch:

@@ -7,19 +7,26 @@ Frames use `\n` line endings (the SSE spec accepts `\n`, `\r\n` and `\r`):
     : keepalive\n\n                                      when idle
 
 `EventStreamResponse` ends the body iterator (and so whatever it was reading, such as a gRPC
-call) as soon as the client disconnects, whatever the ASGI spec version of the server.
+call) as soon as the client disconnects, whatever the ASGI spec version of the server, and
+drops a client that stops reading: when one write has waited `stall_seconds` for the socket
+to drain (the kernel buffers and the server's are full), the response is abandoned and the
+server closes the connection. The client resumes with Last-Event-ID.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import math
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
 from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
+
+log = logging.getLogger(__name__)
 
 RETRY_MILLISECONDS = 3000
 HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
@@ -90,21 +97,49 @@ class EventStreamResponse(StreamingResponse):
 
     media_type = "text/event-stream"
 
-    def __init__(self, content: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, content: AsyncIterator[bytes], headers: dict[str, str] | None = None,
+        *, stall_seconds: float | None = None,
+    ) -> None:
         super().__init__(content, headers={**HEADERS, **(headers or {})})
+        self.stall_seconds = stall_seconds
+        self.stalled = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        loop = asyncio.get_running_loop()
+        sending_since: float | None = None  # when the write in progress began
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal sending_since
+            sending_since = loop.time()
+            await send(message)
+            sending_since = None
+
+        async def until_disconnect_or_stall() -> None:
+            # The stall is checked every stall/2 s here, not timed per write: one timer per
+            # subscriber, not one per frame (a write that blocks is dropped after 1 to 1.5 x stall).
+            stall = self.stall_seconds
+            while True:
+                with anyio.move_on_after(stall / 2 if stall else math.inf):
+                    if (await receive())["type"] == "http.disconnect":
+                        return
+                    continue
+                if stall and sending_since is not None and loop.time() - sending_since >= stall:
+                    self.stalled = True
+                    log.info("dropped an SSE client that read nothing for %.1f s", stall)
+                    return
+
         async with anyio.create_task_group() as group:
 
             async def stream_then_stop() -> None:
                 try:
-                    await self.stream_response(send)
+                    await self.stream_response(tracked_send)
                 except OSError:
                     pass  # the client went away while we were writing
                 group.cancel_scope.cancel()
 
             group.start_soon(stream_then_stop)
-            await self.listen_for_disconnect(receive)
+            await until_disconnect_or_stall()
             group.cancel_scope.cancel()
         # A generator cancelled while suspended at a yield is not finalised by the
         # cancellation; close it now so it releases what it holds (the gRPC call).

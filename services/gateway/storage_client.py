@@ -13,6 +13,7 @@ from typing import Protocol
 import grpc
 from comfyfleet.storage.v1 import object_pb2, storage_service_pb2, storage_service_pb2_grpc
 
+from services.common.grpc_telemetry import outgoing_metadata
 from services.gateway.errors import Unavailable, from_grpc
 
 MAX_CHUNK_BYTES = 1024 * 1024  # the PutObject contract: chunks of at most 1 MiB
@@ -91,7 +92,7 @@ class GrpcStorage:
         self._stub = storage_service_pb2_grpc.StorageServiceStub(channel)
 
     async def open_upload(self, key: str, content_type: str, max_size_bytes: int) -> GrpcUpload:
-        call = self._stub.PutObject()
+        call = self._stub.PutObject(metadata=outgoing_metadata())  # x-request-id (request_id.py)
         upload = GrpcUpload(call)
         header = storage_service_pb2.PutObjectHeader(
             key=key, content_type=content_type, max_size_bytes=max_size_bytes

@@ -1,5 +1,5 @@
 """The /v1/workflow routes: create and rerun (streamed multipart), read, list, cancel, delete,
-subscribe (SSE), outputs.
+outputs (the SSE subscription is in subscribe_routes.py).
 
 Every handler forwards the caller's bearer token to the scheduler, which authenticates it.
 Handlers raise domain errors; services.gateway.errors turns them into the public error body.
@@ -11,13 +11,13 @@ import asyncio
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from comfyfleet.scheduler.v1 import workflow_pb2, workflow_service_pb2
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from services.gateway import presenters, sse
+from services.gateway import presenters
 from services.gateway.context import Gateway, bearer, gateway
 from services.gateway.errors import (
     ComfyfleetError,
@@ -26,10 +26,8 @@ from services.gateway.errors import (
     NotFound,
     OutcomeUnknown,
     TooLarge,
-    Unavailable,
 )
 from services.gateway.multipart import MultipartReader, describe_size
-from services.gateway.scheduler_client import WatchMessage, WorkflowWatch
 from services.gateway.storage_client import Storage
 from services.gateway.workflow_form import TAG_PATTERN, CreateForm, invalid_field
 
@@ -39,7 +37,6 @@ MAX_PER_PAGE = 100
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 DEFAULT_PER_PAGE = 10
 _INT32_MAX = 2**31 - 1
-_INT64_MAX = 2**63 - 1
 _DIGITS = re.compile(r"[0-9]{1,19}")
 
 
@@ -223,86 +220,3 @@ async def presign_all(storage: Storage, keys: Iterable[str]) -> dict[str, str]:
     unique = list(dict.fromkeys(keys))
     urls = await asyncio.gather(*(storage.presign(key) for key in unique))
     return dict(zip(unique, urls, strict=True))
-
-
-async def subscribe(request: Request) -> Response:
-    """GET /v1/workflow/{id}/subscribe: SSE; resumes after Last-Event-ID (or ?last_event_id=)."""
-    gw = gateway(request)
-    auth = bearer(request)
-    workflow_id = request.path_params["id"]
-    last_event_id = _last_event_id(request)
-    first: WatchMessage | None = None
-    if last_event_id is not None:
-        # Resuming: no snapshot, and the next event may be far away, so check the workflow
-        # first to answer 401/404 as JSON rather than as an empty stream.
-        await gw.scheduler.get_workflow(auth, workflow_id)
-        watch = gw.scheduler.watch_workflow(
-            auth, workflow_id, after_seq=last_event_id, from_start=last_event_id == 0
-        )
-    else:
-        watch = gw.scheduler.watch_workflow(auth, workflow_id, after_seq=0, from_start=False)
-        try:
-            first = await watch.next()
-        except BaseException:
-            watch.cancel()
-            raise
-        if first is None:
-            raise Unavailable("the scheduler ended the watch before its snapshot", reason="WATCH_ENDED")
-    return sse.EventStreamResponse(_event_stream(gw, watch, first, workflow_id))
-
-
-def _last_event_id(request: Request) -> int | None:
-    header = request.headers.get("last-event-id")
-    raw = header if header is not None else request.query_params.get("last_event_id")
-    if raw is None:
-        return None
-    raw = raw.strip()
-    if not _DIGITS.fullmatch(raw) or int(raw) > _INT64_MAX:
-        field = "Last-Event-ID" if header is not None else "last_event_id"
-        raise invalid_field(field, f"{field} must be an integer >= 0", value=raw)
-    return int(raw)
-
-
-async def _event_stream(
-    gw: Gateway, watch: WorkflowWatch, first: WatchMessage | None, workflow_id: str
-) -> AsyncIterator[bytes]:
-    """The SSE body: retry, the snapshot (if any), then each event, keep-alives when idle.
-
-    Ends when the watch ends (after the terminal status). An error mid-stream only ends the
-    stream: the client reconnects with Last-Event-ID and misses nothing.
-    """
-    try:
-        yield sse.retry()
-        if first is not None:
-            rendered = await _render(gw.storage, first)
-            if rendered is not None:
-                yield rendered
-        async for message in sse.with_keepalive(watch.next, gw.settings.sse_keepalive_seconds):
-            if message is None:
-                yield sse.comment("keepalive")
-                continue
-            rendered = await _render(gw.storage, message)
-            if rendered is not None:
-                yield rendered
-    except ComfyfleetError as err:
-        log.info("watch of workflow %s ended: %s (%s)", workflow_id, err.message, err.reason)
-    finally:
-        watch.cancel()
-
-
-async def _render(storage: Storage, message: WatchMessage) -> bytes | None:
-    """One SSE frame for one watch message; None for a kind this gateway does not know."""
-    kind = message.WhichOneof("message")
-    if kind == "snapshot":
-        workflow = message.snapshot
-        srcs = await presign_all(storage, presenters.object_keys(workflow))
-        return sse.json_frame(presenters.snapshot(workflow, srcs), event="snapshot", id=workflow.last_seq)
-    if kind == "event":
-        event = message.event
-        srcs = await presign_all(storage, presenters.object_keys(event))
-        framed = presenters.event_frame(event, srcs)
-        if framed is None:
-            return None
-        name, data = framed
-        return sse.json_frame(data, event=name, id=event.seq)
-    return None

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from comfyfleet.runner.v1 import runner_session_service_pb2 as session_pb2
 
 from services.common.comfy_schemas import NodeSchema
+from services.common.logs import log_context
 from services.runner.comfyui_client import ComfyUI
 from services.runner.comfyui_feed import ComfyUIFeed
 from services.runner.execution import Execution, ExecutionSettings
@@ -78,7 +79,8 @@ class RunnerAgent:
         )
         self._executions[key] = execution
         self._idle.clear()
-        task = execution.start(self._slots)
+        with log_context(workflow_id=assignment.workflow_id):  # the task's log lines name the workflow
+            task = execution.start(self._slots)
         task.add_done_callback(lambda _t: self._forget(key, execution))
         log.info("assignment %s: prompt %s", key, execution.prompt_id)
 

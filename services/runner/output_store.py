@@ -3,14 +3,16 @@
 Each file goes to `{output_prefix}{node_id}/{filename}` with the content type its extension
 names (`media_types`; what ComfyUI served when the extension is unknown), and yields an
 `output_stored` event. No outputs at all is a success with an empty list. A failed copy is
-retried a few times (both sides are idempotent: /view is a read, PutObject replaces the key
-atomically); if it still fails the caller gets a `failed` event to end with instead of `completed`.
+retried a few times, and for up to STORAGE_PATIENCE_S while storage cannot be reached (both
+sides are idempotent: /view is a read, PutObject replaces the key atomically); if it still
+fails the caller gets a `failed` event to end with instead of `completed`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable
 
 from comfyfleet.storage.v1 import object_pb2
@@ -20,12 +22,17 @@ from services.runner.comfyui_client import ComfyUI
 from services.runner.comfyui_messages import OutputFile
 from services.runner.errors import ComfyUIError, StorageError
 from services.runner.media_types import content_type_for
+from services.runner.storage_client import UNAVAILABLE as STORAGE_UNAVAILABLE
 from services.runner.storage_client import ObjectStore
 
 log = logging.getLogger(__name__)
 
 ATTEMPTS = 3
 RETRY_DELAY_S = 0.5
+# Storage unreachable (restarting): keep trying this long before the workflow fails, so a
+# short storage outage does not lose finished work (tests/faults/test_storage_faults.py).
+STORAGE_PATIENCE_S = 30.0
+MAX_RETRY_DELAY_S = 2.0
 
 
 def output_key(prefix: str, output: OutputFile) -> str:
@@ -47,18 +54,22 @@ async def store_outputs(
     """Stores every output, emitting `output_stored` for each; a `failed` event if one fails."""
     for output in outputs:
         key = output_key(prefix, output)
-        for attempt in range(1, ATTEMPTS + 1):
+        patience_until = time.monotonic() + STORAGE_PATIENCE_S
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 ref = await _copy(output, key, comfyui, storage)
                 break
             except (ComfyUIError, StorageError) as err:
-                log.warning("storing %s (attempt %d/%d): %s", key, attempt, ATTEMPTS, err.message)
-                if attempt == ATTEMPTS:
+                log.warning("storing %s (attempt %d): %s", key, attempt, err.message)
+                waiting = err.reason == STORAGE_UNAVAILABLE and time.monotonic() < patience_until
+                if attempt >= ATTEMPTS and not waiting:
                     return events.failed(
                         "OutputStoreFailed",
                         f"output {output.filename} of node {output.node_id}: {err.message}",
                         node_id=output.node_id,
                     )
-                await asyncio.sleep(RETRY_DELAY_S * attempt)
+                await asyncio.sleep(min(RETRY_DELAY_S * attempt, MAX_RETRY_DELAY_S))
         emit(events.output_stored(output.node_id, output.filename, ref))
     return None

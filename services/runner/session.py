@@ -115,7 +115,10 @@ class RunnerSession:
                 self._welcomed = False
                 try:
                     await self._connect_once()
-                except (grpc.aio.AioRpcError, _StreamEnded, ComfyUIError, TimeoutError) as err:
+                # InvalidStateError: a write after the scheduler closed the stream (e.g. it ended the
+                # session of a runner that was frozen past its lease): an ordinary disconnect.
+                except (grpc.aio.AioRpcError, _StreamEnded, ComfyUIError, TimeoutError,
+                        asyncio.InvalidStateError) as err:
                     if self._stopping:
                         log.info("scheduler session closed")
                     elif isinstance(err, grpc.aio.AioRpcError):

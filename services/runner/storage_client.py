@@ -23,6 +23,8 @@ from services.common.grpc_server import CHANNEL_OPTIONS
 from services.runner.errors import StorageError
 
 CHUNK_BYTES = 1024 * 1024
+# StorageError.reason when storage could not be reached at all (output_store waits for it).
+UNAVAILABLE = "STORAGE_UNAVAILABLE"
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,10 @@ class StorageClient:
             response = await call
             done = True
         except grpc.aio.AioRpcError as err:
-            raise StorageError(f"PutObject {key}: {from_rpc_error(err).message}") from err
+            cause = from_rpc_error(err)
+            if cause.reason == "UNAVAILABLE":  # not reached at all (down, restarting): worth waiting for
+                raise StorageError(f"PutObject {key}: storage is unavailable", reason=UNAVAILABLE) from err
+            raise StorageError(f"PutObject {key}: {cause.message}") from err
         finally:
             if not done:
                 call.cancel()

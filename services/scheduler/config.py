@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.common.logs import LogFormat, parse_log_format
 from services.scheduler.core.tiers import DEFAULT_LIMITS, TierLimits, parse_limits
 
 
@@ -30,6 +31,15 @@ class Settings:
     # SCHEDULER_OUTPUT_RETENTION_DAYS, SCHEDULER_RETENTION_SWEEP_SECONDS.
     output_retention_days: float = 30.0
     retention_sweep_seconds: float = 3600.0
+    # GET /metrics over HTTP on this port, on the host of `listen` (0 = off); the log lines'
+    # format, "text" or "json" (services/common/logs.py). SCHEDULER_METRICS_PORT,
+    # COMFYFLEET_LOG_FORMAT.
+    metrics_port: int = 9461
+    log_format: LogFormat = "text"
+    # How long an accepted API/runner token is trusted without reading the database again
+    # (db/identity_store.py): a revocation by another process takes up to this long; 0 = off.
+    # SCHEDULER_TOKEN_CACHE_SECONDS.
+    token_cache_seconds: float = 10.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -45,6 +55,9 @@ class Settings:
             bootstrap_dir=e.get("SCHEDULER_BOOTSTRAP_DIR", d.bootstrap_dir),
             output_retention_days=float(e.get("SCHEDULER_OUTPUT_RETENTION_DAYS", d.output_retention_days)),
             retention_sweep_seconds=float(e.get("SCHEDULER_RETENTION_SWEEP_SECONDS", d.retention_sweep_seconds)),
+            metrics_port=int(e.get("SCHEDULER_METRICS_PORT", d.metrics_port)),
+            log_format=parse_log_format(e.get("COMFYFLEET_LOG_FORMAT", d.log_format)),
+            token_cache_seconds=float(e.get("SCHEDULER_TOKEN_CACHE_SECONDS", d.token_cache_seconds)),
             tier_limits=parse_limits(Path(e["SCHEDULER_LIMITS_FILE"]).read_text())
             if e.get("SCHEDULER_LIMITS_FILE") else d.tier_limits,
         )
@@ -56,6 +69,10 @@ class Settings:
             raise ValueError("SCHEDULER_MAX_ATTEMPTS must be at least 1")
         if self.output_retention_days < 0 or self.retention_sweep_seconds <= 0:
             raise ValueError("SCHEDULER_OUTPUT_RETENTION_DAYS must be >= 0 and SCHEDULER_RETENTION_SWEEP_SECONDS > 0")
+        if self.token_cache_seconds < 0:
+            raise ValueError("SCHEDULER_TOKEN_CACHE_SECONDS must be >= 0")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError("SCHEDULER_METRICS_PORT must be a port number (0 = off)")
 
     @property
     def bootstrap_path(self) -> Path | None:

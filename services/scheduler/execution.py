@@ -265,7 +265,8 @@ class Execution:
                         status_event()]
 
             try:
-                change = await self.store.change(row.id, mutate)
+                # What the lost attempt stored is not the workflow's output: the next attempt makes its own.
+                change = await self.store.change(row.id, mutate, drop_outputs=True)
             except _Skip:
                 continue
             count += 1

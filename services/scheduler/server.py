@@ -87,7 +87,7 @@ class SchedulerApp:
     async def start(cls, settings: Settings) -> SchedulerApp:
         db = Database(settings.database_url)
         await db.migrate()
-        identity = IdentityStore(db)
+        identity = IdentityStore(db, token_cache_seconds=settings.token_cache_seconds)
         if (path := settings.bootstrap_path) is not None:
             await ensure_dev_tokens(identity, path)
         store = WorkflowStore(db)

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 
+from services.common.logs import configure_logging
 from services.storage.config import load_settings
 from services.storage.errors import SettingsError
 from services.storage.server import run
@@ -17,6 +18,7 @@ def main() -> int:
     log = logging.getLogger("services.storage")
     try:
         settings = load_settings(os.environ)
+        configure_logging(settings.log_format)
         log.info(
             "storage: backend=%s %s listen=%s public_url=%s",
             settings.backend,

@@ -20,6 +20,9 @@
     STORAGE_S3_PART_SIZE_MIB       8                       multipart part size (5..512)
     STORAGE_S3_PARALLEL_PARTS      2                       parts of one upload sent at once (1..8);
                                                            an upload holds about (this + 1) parts
+    STORAGE_METRICS_PORT           9462                    GET /metrics over HTTP on the host of
+                                                           STORAGE_LISTEN (0 = off)
+    COMFYFLEET_LOG_FORMAT          text                    log lines as "text" or "json"
 
 Only this module reads os.environ-like mappings; it also reads (or creates) the key file,
 once, at start, before the event loop runs.
@@ -35,6 +38,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, cast
 
+from services.common.logs import LogFormat, parse_log_format
 from services.storage.errors import SettingsError
 
 BackendKind = Literal["local", "s3"]
@@ -72,6 +76,8 @@ class Settings:
     url_signing_key_file: Path = Path("./var/url-signing-key")
     url_ttl_seconds: int = 300
     s3: S3Settings | None = None  # set when backend == "s3"
+    metrics_port: int = 9462
+    log_format: LogFormat = "text"
 
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
@@ -84,6 +90,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         public_url=_public_url(environ.get("STORAGE_PUBLIC_URL") or defaults.public_url),
         url_signing_key_file=Path(environ.get("STORAGE_URL_SIGNING_KEY_FILE") or defaults.url_signing_key_file),
         url_ttl_seconds=_ttl(environ.get("STORAGE_URL_TTL_SECONDS") or str(defaults.url_ttl_seconds)),
+        metrics_port=_port("STORAGE_METRICS_PORT", environ.get("STORAGE_METRICS_PORT") or str(defaults.metrics_port)),
+        log_format=_log_format(environ.get("COMFYFLEET_LOG_FORMAT") or defaults.log_format),
     )
     if settings.backend == "s3":
         settings = dataclasses.replace(settings, s3=_s3(environ))
@@ -199,6 +207,19 @@ def _listen(value: str) -> str:
     if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise SettingsError(f"STORAGE_LISTEN={value!r} must be host:port, e.g. 127.0.0.1:50052")
     return value
+
+
+def _port(name: str, value: str) -> int:
+    if not value.isdigit() or not 0 <= int(value) <= 65535:
+        raise SettingsError(f"{name}={value!r} must be a port number (0 = off)")
+    return int(value)
+
+
+def _log_format(value: str) -> LogFormat:
+    try:
+        return parse_log_format(value)
+    except ValueError as err:
+        raise SettingsError(str(err)) from None
 
 
 def _public_url(value: str) -> str:

@@ -6,9 +6,11 @@ import grpc
 from comfyfleet.storage.v1 import storage_service_pb2_grpc
 
 from services.common.grpc_server import serve
+from services.common.metrics import start_metrics
 from services.storage.backend import Backend
 from services.storage.config import Settings
 from services.storage.local_backend import LocalBackend
+from services.storage.metrics import MeteredBackend
 from services.storage.s3_backend import S3Backend
 from services.storage.servicer import StorageServicer
 
@@ -40,11 +42,16 @@ def register(server: grpc.aio.Server, servicer: StorageServicer) -> None:
 
 async def run(settings: Settings) -> None:
     """Serves StorageService on settings.listen until SIGTERM/SIGINT."""
-    backend = await open_backend(settings)
+    backend = MeteredBackend(await open_backend(settings))  # metrics.py
     servicer = build_servicer(settings, backend)
-    await serve(
-        settings.listen,
-        lambda server: register(server, servicer),
-        service_names=[SERVICE_NAME],
-        on_stop=backend.close,
-    )
+    metrics = await start_metrics(settings.listen, settings.metrics_port)
+    try:
+        await serve(
+            settings.listen,
+            lambda server: register(server, servicer),
+            service_names=[SERVICE_NAME],
+            on_stop=backend.close,
+        )
+    finally:
+        if metrics is not None:
+            await metrics.close()

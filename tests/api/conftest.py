@@ -136,7 +136,7 @@ async def api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
 
     settings = Settings(listen="127.0.0.1:0", database_url=f"sqlite+aiosqlite:///{tmp}/s.db",
                         storage_address=f"127.0.0.1:{storage_port}", lease_seconds=2.0, heartbeat_seconds=0.2,
-                        bootstrap_dir=str(tmp))
+                        bootstrap_dir=str(tmp), token_cache_seconds=1.0)
     scheduler = await SchedulerApp.start(settings)
     scheduler_server, scheduler_port = await _grpc_server(scheduler.register)
 

@@ -10,6 +10,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from unittest import mock
 
@@ -87,6 +88,16 @@ async def test_bad_tokens_are_401(api: Api) -> None:
     assert reply.json() == {"status": 401, "message": "token expired", "reason": "TOKEN_EXPIRED"}
 
 
+async def test_a_token_revoked_by_the_scheduler_itself_is_refused_at_once(api: Api) -> None:
+    user = await api.scheduler.identity.create_user("revoked-here")
+    token = await api.scheduler.identity.issue_token(user.id, API)
+    auth = {"Authorization": f"Bearer {token}"}
+    assert (await api.client.get("/v1/user", headers=auth)).status_code == 200  # now in the token cache
+    await api.scheduler.identity.revoke_token(token)
+    reply = await api.client.get("/v1/user", headers=auth)
+    assert reply.json() == {"status": 401, "message": "token revoked", "reason": "TOKEN_REVOKED"}
+
+
 def admin_process(api: Api, *args: str) -> str:
     """`python -m services.scheduler admin ...` as a process on the scheduler's database."""
     env = {**os.environ, "SCHEDULER_DATABASE_URL": api.scheduler.settings.database_url}
@@ -127,7 +138,12 @@ async def test_admin_command_creates_users_and_tokens_and_revokes_them(api: Api)
 
     out = await asyncio.to_thread(admin, api, "revoke-token", token_id)
     assert out.strip() == f"revoked token {token_id}"
-    reply = await api.client.get("/v1/user", headers=auth)
+    # Revoked by another process: the scheduler trusts its cached answer for up to
+    # token_cache_seconds (1 s here), then refuses the token.
+    deadline = time.monotonic() + api.scheduler.settings.token_cache_seconds + 2
+    while (reply := await api.client.get("/v1/user", headers=auth)).status_code == 200:
+        assert time.monotonic() < deadline, "the revoked token is still accepted"
+        await asyncio.sleep(0.1)
     assert reply.status_code == 401
     assert reply.json() == {"status": 401, "message": "token revoked", "reason": "TOKEN_REVOKED"}
     assert " revoked " in await asyncio.to_thread(admin, api, "list-tokens", "grace")

@@ -44,8 +44,8 @@ class Stack:
 
 
 @asynccontextmanager
-async def running_stack(**overrides: Any) -> AsyncIterator[Stack]:
-    scheduler, storage = FakeScheduler(), FakeStorage()
+async def running_stack(scheduler: FakeScheduler | None = None, **overrides: Any) -> AsyncIterator[Stack]:
+    scheduler, storage = scheduler or FakeScheduler(), FakeStorage()
     scheduler_server, scheduler_port = await serve(add_scheduler(scheduler))
     storage_server, storage_port = await serve(add_storage(storage))
     settings = dataclasses.replace(

@@ -18,11 +18,13 @@ import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
-from sqlalchemy import event, inspect, text
-from sqlalchemy.engine import Connection
+from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -73,6 +75,36 @@ def _v3_runner_endpoints(conn: Connection) -> None:
                                    "headers_json": "VARCHAR NOT NULL DEFAULT '{}'"})
 
 
+def _v7_workflow_counts(conn: Connection) -> None:
+    """Read by WorkflowStore: count_open seeks (user_id, status) for the open statuses only; a
+    list orders by (user_id, created_at, id) from the index alone; a list's total without
+    filters is the user's row of `workflow_counts`, which triggers keep on every insert and
+    delete of a workflow, whoever writes it (so it cannot drift from the table)."""
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_workflows_user_status ON workflows (user_id, status)"))
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_workflows_user_created_id "
+                      "ON workflows (user_id, created_at, id)"))
+    conn.execute(text("CREATE TABLE IF NOT EXISTS workflow_counts "
+                      "(user_id VARCHAR PRIMARY KEY, total BIGINT NOT NULL)"))
+    conn.execute(text("DELETE FROM workflow_counts"))
+    conn.execute(text("INSERT INTO workflow_counts (user_id, total) "
+                      "SELECT user_id, count(*) FROM workflows GROUP BY user_id"))
+    bump = ("INSERT INTO workflow_counts (user_id, total) VALUES (NEW.user_id, 1) "
+            "ON CONFLICT (user_id) DO UPDATE SET total = workflow_counts.total + 1")
+    drop = "UPDATE workflow_counts SET total = total - 1 WHERE user_id = OLD.user_id"
+    if conn.dialect.name == "postgresql":
+        conn.execute(text(
+            "CREATE OR REPLACE FUNCTION workflow_counts_keep() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"IF TG_OP = 'INSERT' THEN {bump}; ELSE {drop}; END IF; RETURN NULL; END $$"))
+        conn.execute(text("DROP TRIGGER IF EXISTS workflow_counts_keep ON workflows"))
+        conn.execute(text("CREATE TRIGGER workflow_counts_keep AFTER INSERT OR DELETE ON workflows "
+                          "FOR EACH ROW EXECUTE FUNCTION workflow_counts_keep()"))
+    else:
+        conn.execute(text(f"CREATE TRIGGER IF NOT EXISTS workflow_counts_insert AFTER INSERT ON workflows "
+                          f"BEGIN {bump}; END"))
+        conn.execute(text(f"CREATE TRIGGER IF NOT EXISTS workflow_counts_delete AFTER DELETE ON workflows "
+                          f"BEGIN {drop}; END"))
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial schema", _v1_initial),
     (2, "index of the placement queue", _v2_pending_index),
@@ -81,6 +113,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (5, "token names and revocation", lambda conn: _add_columns(
         conn, "tokens", {"name": "VARCHAR NOT NULL DEFAULT ''", "revoked_at": "DATETIME"})),
     (6, "idempotency keys", lambda conn: _create_tables(conn, models.IdempotencyRow)),
+    (7, "per-user workflow counts and list indexes", _v7_workflow_counts),
 ]
 
 
@@ -118,6 +151,14 @@ class Database:
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
+        # SQLite file: `transaction` runs whole transactions on a thread of their own over a sync
+        # engine on the same file, one thread hop per transaction (through aiosqlite each
+        # statement costs about three: cursor, execute, fetch or close).
+        self._sync_engine: Engine | None = None
+        self._sqlite_thread: ThreadPoolExecutor | None = None
+        if self.is_sqlite and path and path != ":memory:":
+            self._sync_engine = create_engine(make_url(url).set(drivername="sqlite"))
+            event.listen(self._sync_engine, "connect", _sqlite_pragmas)
         # SQLite has one writer; serialising writes here avoids "database is locked".
         # Postgres has row locks and takes concurrent transactions.
         self.write_lock: contextlib.AbstractAsyncContextManager[Any] = (
@@ -126,8 +167,35 @@ class Database:
         self._orphans: set[asyncio.Future[Any]] = set()
 
     async def migrate(self) -> None:
+        for attempt in range(5):
+            try:
+                async with self.engine.begin() as conn:
+                    await conn.run_sync(_migrate)
+                return
+            except OperationalError as err:
+                # Two processes opening a new SQLite file at once: one may fail to switch it to
+                # WAL (SQLite answers "locked" without waiting); by the next try it is switched.
+                if not self.is_sqlite or "database is locked" not in str(err) or attempt == 4:
+                    raise
+                await asyncio.sleep(0.1 * (attempt + 1))
+
+    async def transaction(self, work: Callable[[Connection], T]) -> T:
+        """`work(connection)` in one transaction: committed when it returns, rolled back when it
+        raises. It runs on the SQLite thread (a file database) or through the async engine's
+        run_sync (Postgres, or SQLite in memory), so it must not touch the event loop. Writers
+        hold `write_lock` around it, as around any other write."""
+        if self._sync_engine is not None:
+            if self._sqlite_thread is None:  # (again, after `close`: the engines reopen when used)
+                self._sqlite_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite")
+            return await asyncio.get_running_loop().run_in_executor(
+                self._sqlite_thread, functools.partial(self._sqlite_transaction, work))
         async with self.engine.begin() as conn:
-            await conn.run_sync(_migrate)
+            return await conn.run_sync(work)
+
+    def _sqlite_transaction(self, work: Callable[[Connection], T]) -> T:
+        assert self._sync_engine is not None
+        with self._sync_engine.begin() as conn:
+            return work(conn)
 
     def adopt(self, operation: asyncio.Future[Any]) -> None:
         """Owns an operation nobody awaits any more, until it ends."""
@@ -144,13 +212,17 @@ class Database:
         if self._orphans:
             await asyncio.wait(set(self._orphans), timeout=5)
         await self.engine.dispose()
+        if self._sqlite_thread is not None and self._sync_engine is not None:
+            await asyncio.get_running_loop().run_in_executor(self._sqlite_thread, self._sync_engine.dispose)
+            self._sqlite_thread.shutdown()
+            self._sqlite_thread = None
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout=5000")  # first: switching to WAL waits for another process's lock too
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
-    cur.execute("PRAGMA busy_timeout=5000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
 

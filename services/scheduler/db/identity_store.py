@@ -2,6 +2,12 @@
 
 Tokens are random (`cf_` + 32 url-safe bytes), shown once, stored as sha256, may expire, and
 record their last use (at most once a minute, to keep reads cheap).
+
+`authenticate` keeps what it found in a small in-process cache (token sha256 -> token and
+user; LRU, `TOKEN_CACHE_SIZE` entries, `token_cache_seconds`), so the gateway's pre-check and
+the call behind it read the database once. Expiry is checked on every call; a revocation
+through this store takes effect at once; a revocation by another process (the admin command,
+another scheduler) takes up to `token_cache_seconds`, and so does a change of the user's tier.
 """
 
 from __future__ import annotations
@@ -9,7 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import time
 import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlmodel import col, select
@@ -39,9 +48,27 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+TOKEN_CACHE_SIZE = 4096
+
+
+@dataclass
+class _KnownToken:
+    """A token `authenticate` accepted, as the database had it `at` (time.monotonic)."""
+
+    token_id: str
+    kind: str
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    user: UserRow
+    at: float
+
+
 class IdentityStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, token_cache_seconds: float = 10.0) -> None:
         self.db = db
+        self.token_cache_seconds = token_cache_seconds
+        self._known: OrderedDict[str, _KnownToken] = OrderedDict()
+        self._revocations = 0
 
     @runs_to_completion
     async def create_user(self, name: str, *, tier: str = "free", email: str = "", is_admin: bool = False) -> UserRow:
@@ -85,7 +112,10 @@ class IdentityStore:
             if row is not None and row.revoked_at is None:
                 row.revoked_at = utcnow()
                 s.add(row)
-            return row
+        if row is not None:
+            self._revocations += 1
+            self._known.pop(row.token_sha256, None)
+        return row
 
     @runs_to_completion
     async def tokens_of(self, user_id: str) -> list[TokenRow]:
@@ -98,31 +128,55 @@ class IdentityStore:
         async with self.db.sessions() as s:
             return await s.get(UserRow, key) or (await s.exec(select(UserRow).where(UserRow.name == key))).first()
 
-    @runs_to_completion
     async def authenticate(self, token: str, kind: str) -> UserRow:
-        """The user owning `token` of `kind`; Unauthenticated if unknown, expired or the wrong kind."""
+        """The user owning `token` of `kind`; Unauthenticated if unknown, revoked, expired or the
+        wrong kind. From the cache when this process accepted the token in the last
+        `token_cache_seconds` (see the module's docstring)."""
         if not token:
             raise Unauthenticated("missing bearer token", reason="TOKEN_MISSING")
+        digest = token_digest(token)
+        known = self._known.get(digest)
+        if known is None or time.monotonic() - known.at >= self.token_cache_seconds:
+            revocations = self._revocations
+            known = await self._look_up(digest, kind)
+            # Not kept if this process revoked a token meanwhile (it may have been this one).
+            if self.token_cache_seconds > 0 and revocations == self._revocations:
+                self._known[digest] = known
+                while len(self._known) > TOKEN_CACHE_SIZE:
+                    self._known.popitem(last=False)
+        else:
+            self._known.move_to_end(digest)
+        if known.kind != kind:
+            raise Unauthenticated("invalid token", reason="TOKEN_INVALID")
         now = utcnow()
+        if known.expires_at is not None and _aware(known.expires_at) <= now:
+            raise Unauthenticated("token expired", reason="TOKEN_EXPIRED")
+        if known.last_used_at is None or now - _aware(known.last_used_at) > timedelta(minutes=1):
+            known.last_used_at = now
+            await self._record_use(known.token_id, now)
+        return known.user
+
+    @runs_to_completion
+    async def _look_up(self, digest: str, kind: str) -> _KnownToken:
+        """The token with this sha256 and its user, unless unknown, of another kind or revoked."""
         async with self.db.sessions() as s:
-            tok = (await s.exec(select(TokenRow).where(TokenRow.token_sha256 == token_digest(token)))).first()
+            tok = (await s.exec(select(TokenRow).where(TokenRow.token_sha256 == digest))).first()
             if tok is None or tok.kind != kind:
                 raise Unauthenticated("invalid token", reason="TOKEN_INVALID")
             if tok.revoked_at is not None:
                 raise Unauthenticated("token revoked", reason="TOKEN_REVOKED")
-            if tok.expires_at is not None and _aware(tok.expires_at) <= now:
-                raise Unauthenticated("token expired", reason="TOKEN_EXPIRED")
             user = await s.get(UserRow, tok.user_id)
             if user is None:
                 raise Unauthenticated("invalid token", reason="TOKEN_INVALID")
-            stale = tok.last_used_at is None or now - _aware(tok.last_used_at) > timedelta(minutes=1)
-        if stale:
-            async with self.db.write_lock, self.db.sessions() as s, s.begin():
-                fresh = await s.get(TokenRow, tok.id)
-                if fresh is not None:
-                    fresh.last_used_at = now
-                    s.add(fresh)
-        return user
+            return _KnownToken(tok.id, tok.kind, tok.expires_at, tok.last_used_at, user, time.monotonic())
+
+    @runs_to_completion
+    async def _record_use(self, token_id: str, now: datetime) -> None:
+        async with self.db.write_lock, self.db.sessions() as s, s.begin():
+            fresh = await s.get(TokenRow, token_id)
+            if fresh is not None:
+                fresh.last_used_at = now
+                s.add(fresh)
 
     @runs_to_completion
     async def upsert_runner(

@@ -1,0 +1,31 @@
+"""Store tests of tests/scheduler run again on Postgres: operations whose callers are
+cancelled mid-query (test_store.py) and the fair placement batch, whose recursive SQL is
+written for both dialects (test_placement_queue.py; its query-plan test is SQLite's own)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from services.scheduler.db.engine import Database
+from tests.scheduler.test_placement_queue import (  # noqa: F401  (collected here, against Postgres)
+    test_more_users_than_the_batch_holds_take_turns,
+    test_one_users_backlog_does_not_hide_another_users_single_workflow,
+    test_only_waiting_workflows_every_priority_oldest_first,
+)
+from tests.scheduler.test_store import (  # noqa: F401
+    test_a_change_whose_caller_is_cancelled_is_still_made_once,
+    test_reads_cancelled_at_any_point_leave_nothing_behind,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+async def db(pg_url: str) -> AsyncIterator[Database]:
+    database = Database(pg_url)
+    await database.migrate()
+    yield database
+    await asyncio.wait_for(database.close(), 5)
