@@ -164,12 +164,16 @@ class WorkflowStore:
 
     @runs_to_completion
     async def get(self, workflow_id: str, user_id: str | None = None) -> tuple[WorkflowRow, list[OutputRow]]:
-        async with self.db.sessions() as s:
-            row = await s.get(WorkflowRow, workflow_id)
-            if row is None or (user_id is not None and row.user_id != user_id):
+        """The row and its outputs: two Core reads in one `Database.transaction` (one hop on SQLite)."""
+
+        def read(conn: Connection) -> tuple[WorkflowRow, list[OutputRow]]:
+            found = conn.execute(core_select(_WORKFLOWS).where(_WORKFLOWS.c.id == workflow_id)).first()
+            if found is None or (user_id is not None and found.user_id != user_id):
                 raise WorkflowNotFound(workflow_id)
-            outputs = (await s.exec(select(OutputRow).where(OutputRow.workflow_id == workflow_id))).all()
-            return row, list(outputs)
+            outputs = conn.execute(core_select(_OUTPUTS).where(_OUTPUTS.c.workflow_id == workflow_id)).all()
+            return WorkflowRow(**found._asdict()), [OutputRow(**o._asdict()) for o in outputs]
+
+        return await self.db.transaction(read)
 
     @runs_to_completion
     async def list_page(
