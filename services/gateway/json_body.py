@@ -30,7 +30,7 @@ async def read_object(request: Request, allowed: Iterable[str], *, optional_body
         return {}
     try:
         value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply
         raise InvalidArgument("the request body is not valid JSON", reason="INVALID_JSON") from None
     if not isinstance(value, dict):
         raise InvalidArgument("the request body must be a JSON object", reason="INVALID_JSON")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -131,7 +132,14 @@ def test_scheduler_killed_after_201_keeps_the_workflow(suite: Suite, client: htt
     suite.kill("scheduler", signal.SIGKILL)
     suite.start("scheduler")
     suite.wait_ready("scheduler")
+    # Until the gateway's channel has reconnected it answers 503 + Retry-After, as API.md says
+    # for a dependency that is down; a client retries (bounded here to 10 s).
+    deadline = time.monotonic() + 10
     record = client.get(f"/v1/workflow/{workflow_id}")
+    while record.status_code == 503 and time.monotonic() < deadline:
+        assert record.headers["retry-after"] and record.json()["status"] == 503
+        time.sleep(0.2)
+        record = client.get(f"/v1/workflow/{workflow_id}")
     assert record.status_code == 200 and record.json()["id"] == workflow_id
     stream = watch_all(client, workflow_id)
     assert stream[-1]["data"]["status"] == "completed"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -17,12 +18,21 @@ MAX_TAGS = 10
 def parse_graph(text: str) -> Graph:
     """Parses and checks an API-format graph: {node_id: {"class_type": str, "inputs": {...}}}."""
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InvalidWorkflow(
             f"workflow_json is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}"
             if isinstance(err, json.JSONDecodeError)
             else "workflow_json is not valid UTF-8 JSON",
+            details=[{"field": "workflow_json"}],
+        ) from None
+    except RecursionError:  # nesting deeper than the parser can follow
+        raise InvalidWorkflow("workflow_json is not valid JSON: it is nested too deeply",
+                              details=[{"field": "workflow_json"}]) from None
+    except ValueError as err:  # NaN, Infinity, a float out of range; an integer over Python's digit limit
+        problem = err if isinstance(err, _BadNumber) else "a number has too many digits"
+        raise InvalidWorkflow(
+            f"workflow_json is not valid JSON: {problem}",
             details=[{"field": "workflow_json"}],
         ) from None
     if isinstance(data, dict) and "nodes" in data and "links" in data:
@@ -48,7 +58,68 @@ def parse_graph(text: str) -> Graph:
                 f"node {node_id!r} of workflow_json has inputs that are not an object",
                 details=[{"field": "workflow_json", "node_id": node_id}],
             )
+    _check_links(data)
     return data
+
+
+class _BadNumber(ValueError):
+    """A number JSON does not have (NaN, Infinity) or that is out of range."""
+
+
+def _refuse_constant(name: str) -> float:
+    raise _BadNumber(f"{name} is not a JSON number")
+
+
+def _finite_float(raw: str) -> float:
+    value = float(raw)
+    if math.isinf(value):
+        raise _BadNumber(f"the number {raw[:20]}{'...' if len(raw) > 20 else ''} is out of range")
+    return value
+
+
+def _links(node: dict[str, Any]) -> list[tuple[str, str]]:
+    """(input name, source node id) of each link (`[node_id, output_index]`) among the inputs."""
+    return [(name, value[0]) for name, value in (node.get("inputs") or {}).items()
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
+            and isinstance(value[1], int) and not isinstance(value[1], bool)]
+
+
+def _check_links(graph: Graph) -> None:
+    """Every link names a node of the graph, and the links have no cycle (checked without recursion)."""
+    sources: dict[str, list[str]] = {}
+    for node_id, node in graph.items():
+        sources[node_id] = []
+        for input_name, source in _links(node):
+            if source not in graph:
+                raise InvalidWorkflow(
+                    f"node {node_id!r} input {input_name!r} of workflow_json links to node {source!r}, "
+                    "which is not in the graph",
+                    reason="INVALID_LINK",
+                    details=[{"field": "workflow_json", "node_id": node_id, "input": input_name}],
+                )
+            sources[node_id].append(source)
+    done: set[str] = set()
+    for start in graph:
+        if start in done:
+            continue
+        on_path = {start}
+        stack = [(start, iter(sources[start]))]
+        while stack:
+            node_id, pending = stack[-1]
+            source = next(pending, None)
+            if source is None:
+                stack.pop()
+                on_path.discard(node_id)
+                done.add(node_id)
+            elif source in on_path:
+                raise InvalidWorkflow(
+                    f"workflow_json has a cycle: node {source!r} depends on itself through its links",
+                    reason="GRAPH_CYCLE",
+                    details=[{"field": "workflow_json", "node_id": source}],
+                )
+            elif source not in done:
+                on_path.add(source)
+                stack.append((source, iter(sources[source])))
 
 
 def normalise_tags(tags: list[str]) -> list[str]:
