@@ -22,7 +22,7 @@ from google.protobuf.json_format import MessageToDict, ParseDict
 
 from services.scheduler import idempotency
 from services.scheduler.core import placeholders
-from services.scheduler.core.graph import normalise_tags, parse_graph
+from services.scheduler.core.graph import check_links, normalise_tags, parse_graph
 from services.scheduler.core.state import Status, transition
 from services.scheduler.db.identity_store import IdentityStore
 from services.scheduler.db.models import OutputRow, UserRow, WorkflowRow
@@ -110,6 +110,7 @@ class Workflows:
             raise InvalidWorkflow("workflow_json is required", reason="MISSING_FIELD",
                                   details=[{"field": "workflow_json"}])
         graph = parse_graph(req.workflow_json)
+        check_links(graph)
         tags = normalise_tags(list(req.tags))
         found = placeholders.scan(graph)
         if self.limits is not None:

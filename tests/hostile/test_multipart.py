@@ -12,7 +12,7 @@ GOOD = body(part("name", "ok"), workflow_part())
 NESTED = (b"--inner\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\nx\r\n--inner--\r\n")
 
 # (id, Content-Type, body, status, reason, words in the message)
-CASES = [
+CASES: list[tuple[str, str | None, bytes, int, str, *tuple[str, ...]]] = [
     ("no-content-type", None, GOOD, 400, "UNSUPPORTED_CONTENT_TYPE", "multipart/form-data"),
     ("json-content-type", "application/json", b'{"name": "x"}', 400, "UNSUPPORTED_CONTENT_TYPE",
      "multipart/form-data"),
@@ -69,6 +69,9 @@ CASES = [
     ("300-char-file-field-name", MULTIPART, body(part("$" + "n" * 300, b"x", filename="a.png"),
                                                  part("name", "a"), workflow_part()),
      400, "INVALID_FIELD", "invalid file field", "1 to 255"),
+    ("filename-quote-injects-a-name", MULTIPART,
+     body(part("name", "a"), workflow_part(), part("$f", b"x", filename='x.png"; name="name')), 400,
+     "DUPLICATE_FIELD", "'name'", "more than once"),
     ("empty-field-name", MULTIPART, body(part("", "x"), part("name", "a"), workflow_part()), 400,
      "UNKNOWN_FIELD", "unknown field ''"),
     ("unknown-field", MULTIPART, body(part("name", "a"), workflow_part(), part("nme", "x")), 400,

@@ -35,6 +35,7 @@ GRAPH = {
         "seed": "$random()", "noise_seed": "$random()", "sampler_name": "$choice(sampler, euler, ddim)",
         "steps": "$text(steps, 20)", "model": ["4", 0]}},
     "10": {"class_type": "LoadImage", "inputs": {"image": "$file(input_image)"}},
+    "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
     "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "$timestamp()", "images": ["8", 0]}},
     "12": {"class_type": "SaveImage", "inputs": {"filename_prefix": "$timestamp()", "images": ["8", 0]}},
 }

@@ -58,7 +58,6 @@ def parse_graph(text: str) -> Graph:
                 f"node {node_id!r} of workflow_json has inputs that are not an object",
                 details=[{"field": "workflow_json", "node_id": node_id}],
             )
-    _check_links(data)
     return data
 
 
@@ -84,8 +83,10 @@ def _links(node: dict[str, Any]) -> list[tuple[str, str]]:
             and isinstance(value[1], int) and not isinstance(value[1], bool)]
 
 
-def _check_links(graph: Graph) -> None:
-    """Every link names a node of the graph, and the links have no cycle (checked without recursion)."""
+def check_links(graph: Graph) -> None:
+    """Every link names a node of the graph, and the links have no cycle (checked without recursion).
+
+    Checked when a workflow is created (not by `parse_graph`, which also reads stored graphs)."""
     sources: dict[str, list[str]] = {}
     for node_id, node in graph.items():
         sources[node_id] = []
