@@ -4,6 +4,7 @@ read and the readiness probe)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -38,9 +39,12 @@ MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
 
 async def still_answers(api: Api, auth: dict[str, str], client: httpx.AsyncClient | None = None) -> None:
     client = client or api.client
-    assert (await client.get("/healthz")).status_code == 200
-    assert (await client.get("/v1/user", headers=auth)).status_code == 200  # the scheduler answers
-    assert (await client.get("/readyz")).status_code == 200  # scheduler and storage are serving
+    live, user, ready = await asyncio.gather(
+        client.get("/healthz"),
+        client.get("/v1/user", headers=auth),  # the scheduler answers, with its database
+        client.get("/readyz"),  # scheduler and storage are serving
+    )
+    assert (live.status_code, user.status_code, ready.status_code) == (200, 200, 200), (live, user.text, ready.text)
 
 
 def assert_error(reply: httpx.Response, status: int, reason: str, *words: str) -> dict[str, Any]:

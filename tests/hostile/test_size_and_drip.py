@@ -75,7 +75,7 @@ async def test_body_over_the_limit_is_413_and_nothing_is_kept(api: Api, small: h
         reply = await small.post("/v1/workflow", headers=headers, content=in_chunks(data))
     else:  # exactly the limit, cut short (400), then the whole body in chunks over 1 MB each (413)
         reply = await raw_request(api, small, "POST", "/v1/workflow", {**headers, "Content-Length": str(LIMIT)},
-                                  data[:LIMIT], close_after=True)
+                                  data[:LIMIT])
         assert_error(reply, 400, "MALFORMED_MULTIPART", "ended early")
         reply = await small.post("/v1/workflow", headers=headers, content=in_chunks(data, 1024 * 1024 + 7))
     await expect(api, reply, auth, 413, "REQUEST_TOO_LARGE", "over the limit of 1 MB", client=small)
@@ -110,8 +110,7 @@ async def test_a_1mb_tags_field_within_the_body_limit_is_400(api: Api, small: ht
 # -- raw HTTP: a body sent slowly, or not at all --------------------------------------------------
 
 async def raw_request(api: Api, client: httpx.AsyncClient, method: str, path: str, headers: dict[str, str],
-                      data: bytes, *, delay: float = 0.0, pieces: int = 1,
-                      close_after: bool = False) -> httpx.Response:
+                      data: bytes, *, delay: float = 0.0, pieces: int = 1) -> httpx.Response:
     """Sends the request over a socket of its own, the body in `pieces` with `delay` between them."""
     url = urlsplit(str(client.base_url))
     reader, writer = await asyncio.open_connection(url.hostname, url.port)
@@ -128,8 +127,6 @@ async def raw_request(api: Api, client: httpx.AsyncClient, method: str, path: st
                 await asyncio.sleep(delay)
             writer.write(data[i:i + step])
         await writer.drain()
-        if close_after:
-            writer.write_eof()
         raw = await asyncio.wait_for(reader.read(), timeout=10)
     finally:
         writer.close()
@@ -146,11 +143,13 @@ async def test_a_slowly_dripped_body_is_read_and_others_are_served_meanwhile(api
     drip = asyncio.create_task(raw_request(api, api.client, "POST", "/v1/workflow",
                                            {**auth, "Content-Type": MULTIPART}, data, delay=0.1, pieces=20))
     await asyncio.sleep(0.3)
-    for _ in range(3):  # while the body drips (2 s), the gateway answers everyone else at once
+    answered_meanwhile = 0
+    while not drip.done():  # while the body drips (2 s), the gateway answers everyone else at once
         started = time.monotonic()
         await still_answers(api, auth)
         assert time.monotonic() - started < 1
-        assert not drip.done()
+        answered_meanwhile += not drip.done()
+    assert answered_meanwhile >= 2
     reply = await drip
     assert reply.status_code == 201, reply.text
     assert json.loads(reply.content)["name"] == "slow"

@@ -107,20 +107,20 @@ def check_links(graph: Graph) -> None:
         stack = [(start, iter(sources[start]))]
         while stack:
             node_id, pending = stack[-1]
-            source = next(pending, None)
-            if source is None:
+            upstream = next(pending, None)
+            if upstream is None:
                 stack.pop()
                 on_path.discard(node_id)
                 done.add(node_id)
-            elif source in on_path:
+            elif upstream in on_path:
                 raise InvalidWorkflow(
-                    f"workflow_json has a cycle: node {source!r} depends on itself through its links",
+                    f"workflow_json has a cycle: node {upstream!r} depends on itself through its links",
                     reason="GRAPH_CYCLE",
-                    details=[{"field": "workflow_json", "node_id": source}],
+                    details=[{"field": "workflow_json", "node_id": upstream}],
                 )
-            elif source not in done:
-                on_path.add(source)
-                stack.append((source, iter(sources[source])))
+            elif upstream not in done:
+                on_path.add(upstream)
+                stack.append((upstream, iter(sources[upstream])))
 
 
 def normalise_tags(tags: list[str]) -> list[str]:
