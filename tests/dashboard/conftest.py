@@ -6,15 +6,14 @@ Playwright's Python package (never `playwright install`).
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from services.devrun import ROOT, Suite, free_port, http_ready
+from services.devrun import Suite, free_port
+from tests.integration.fleet import start_double
 
 NODE_DELAY_MS = 150
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -28,25 +27,11 @@ CHROMIUM_ARGS = [
 
 @pytest.fixture(scope="package")
 def double(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("comfyui")
-    port = free_port()
-    with open(root / "double.log", "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.comfyui_double", "--host", "127.0.0.1", "--port", str(port),
-             "--root", str(root), "--node-delay-ms", str(NODE_DELAY_MS)],
-            cwd=ROOT, stdout=log, stderr=log,
-        )
-    url = f"http://127.0.0.1:{port}"
+    started = start_double(tmp_path_factory.mktemp("comfyui"), NODE_DELAY_MS)
     try:
-        deadline = time.monotonic() + 20
-        while not http_ready(f"{url}/system_stats"):
-            assert proc.poll() is None, (root / "double.log").read_text()
-            assert time.monotonic() < deadline, "ComfyUI double did not start"
-            time.sleep(0.1)
-        yield url
+        yield started.url
     finally:
-        proc.terminate()
-        proc.wait(10)
+        started.stop()
 
 
 @pytest.fixture(scope="package")

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,8 @@ import pytest
 from comfyfleet import Client
 from PIL import Image
 
-from services.devrun import ROOT, Suite, free_port, http_ready
+from services.devrun import Suite, free_port
+from tests.integration.fleet import start_double
 
 NODE_DELAY_MS = 150
 RUNNER_TAGS = "gpu,fast"
@@ -51,23 +50,11 @@ def png(width: int, height: int, color: tuple[int, int, int] = (200, 30, 90)) ->
 
 @pytest.fixture(scope="package")
 def double(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("comfyui")
-    port = free_port()
-    with open(root / "double.log", "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.comfyui_double", "--host", "127.0.0.1", "--port", str(port),
-             "--root", str(root), "--node-delay-ms", str(NODE_DELAY_MS)],
-            cwd=ROOT, stdout=log, stderr=log,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while not http_ready(f"{url}/system_stats"):
-        assert proc.poll() is None, (root / "double.log").read_text()
-        assert time.monotonic() < deadline, "ComfyUI double did not start"
-        time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    started = start_double(tmp_path_factory.mktemp("comfyui"), NODE_DELAY_MS)
+    try:
+        yield started.url
+    finally:
+        started.stop()
 
 
 @pytest.fixture(scope="package")
