@@ -51,6 +51,12 @@ test: proto
 run: proto
 	$(PY) -m services.devrun
 
+# The load-and-soak test (tests/soak) for SOAK_SECONDS of load (`make test` runs it for 60 s).
+SOAK_SECONDS ?= 300
+.PHONY: soak
+soak: proto
+	SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest tests/soak -m soak
+
 # Benchmarks (bench/, see bench/__init__.py): figures against baselines measured in the same run.
 # `make bench QUICK=1` takes under a minute; PROFILE=1 writes py-spy profiles to bench/profiles/.
 .PHONY: bench

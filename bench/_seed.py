@@ -61,6 +61,14 @@ def seed(db_path: Path, user_id: str, count: int, *, status: str = "completed",
         insert_workflow = (f"INSERT INTO workflows ({', '.join(columns)}) "
                            f"VALUES ({', '.join(':' + c for c in columns)})")
         insert_event = "INSERT INTO workflow_events (workflow_id, seq, payload, created_at) VALUES (?, 1, ?, ?)"
+        # Per-user event numbers (services/scheduler/db/event_numbers.py), when the schema has them.
+        numbered = "user_seq" in [row[1] for row in db.execute("PRAGMA table_info(workflow_events)")]
+        last_number = 0
+        if numbered:
+            insert_event = ("INSERT INTO workflow_events (workflow_id, seq, payload, created_at, user_id, user_seq) "
+                            "VALUES (?, 1, ?, ?, ?, ?)")
+            found = db.execute("SELECT last_user_seq FROM event_numbers WHERE user_id = ?", (user_id,)).fetchone()
+            last_number = int(found[0]) if found else 0
         # The first event's snapshot leaves out workflow_json (the store puts it in): nothing measured
         # reads these payloads, and it halves what a million rows write.
         proto = workflow_pb2.WorkflowEvent(seq=1, status=workflow_pb2.StatusEvent(workflow=workflow_pb2.Workflow(
@@ -79,9 +87,17 @@ def seed(db_path: Path, user_id: str, count: int, *, status: str = "completed",
                 rows.append(row)
                 proto.workflow_id = workflow_id
                 proto.status.workflow.id = workflow_id
-                events.append((workflow_id, proto.SerializeToString(), created))
+                payload = proto.SerializeToString()
+                if numbered:
+                    last_number += 1
+                    events.append((workflow_id, payload, created, user_id, last_number))
+                else:
+                    events.append((workflow_id, payload, created))
             db.executemany(insert_workflow, rows)
             db.executemany(insert_event, events)
+        if numbered:
+            db.execute("INSERT INTO event_numbers (user_id, last_user_seq) VALUES (?, ?) ON CONFLICT (user_id) "
+                       "DO UPDATE SET last_user_seq = excluded.last_user_seq", (user_id, last_number))
         db.execute("COMMIT")
         # Fold the WAL back into the database, as a long-running database would have it; a WAL of a
         # million rows left behind makes every later commit of the scheduler pay for checkpointing.

@@ -8,21 +8,32 @@ double of the same process. The two paths alternate, one workflow at a time; the
 colour changes every run so ComfyUI's cache never short-cuts either path.
 
 Target: the suite adds at most 10 ms at the median and 50 ms at p99.
+
+`--trace` (or BENCH_TRACE=1) also times the stages of the suite runs (bench._trace wraps the
+services' functions in every process) and adds `stages_ms` to the result: each milestone of
+the critical path (create, assignment, POST /prompt, execution_success, output stored,
+completed, terminal frame) with its median time since the create was sent and the median
+step from the milestone before. Tracing costs a little itself (a few ms per run), so the
+latency figures of a traced run are not the benchmark's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from bench._common import INVERT, CpuMeter, Fleet, create_body, figure, log, summary_ms
+from bench import _trace
+from bench._common import INVERT, CpuMeter, Fleet, create_body, env_flag, figure, log, summary_ms
 from bench._profile import profiled
 
 TERMINAL = {"completed", "failed", "cancelled", "invalid"}
@@ -75,7 +86,8 @@ async def through_suite(session: aiohttp.ClientSession, base: str, token: str, c
     raise RuntimeError("the event stream ended before a terminal status")
 
 
-async def measure(fleet: Fleet, runs: int, warmup: int) -> tuple[list[float], list[float]]:
+async def measure(fleet: Fleet, runs: int, warmup: int,
+                  windows: list[tuple[float, float]] | None = None) -> tuple[list[float], list[float]]:
     suite_base = fleet.url
     direct_base = f"http://127.0.0.1:{fleet.double_ports[1]}"
     client_id = uuid.uuid4().hex
@@ -87,23 +99,43 @@ async def measure(fleet: Fleet, runs: int, warmup: int) -> tuple[list[float], li
         for i in range(warmup + runs):
             color = 1000 + i
             d = await direct(session, direct_base, ws, client_id, color)
+            began = time.time()
             s = await through_suite(session, suite_base, fleet.token, color)
+            if i >= warmup and windows is not None:
+                windows.append((began, began + s))
             if i >= warmup:
                 direct_s.append(d)
                 suite_s.append(s)
     return direct_s, suite_s
 
 
-def main(quick: bool) -> dict[str, Any]:
+def stages(trace_dir: Path, windows: list[tuple[float, float]]) -> list[dict[str, Any]]:
+    """The traced runs' critical path: each milestone's median time and step (bench._trace)."""
+    return _trace.breakdown(_trace.load(trace_dir), windows)
+
+
+def main(quick: bool, trace: bool = False) -> dict[str, Any]:
     runs, warmup = (20, 2) if quick else (150, 5)
-    with Fleet(doubles=2, runners=1) as fleet:
-        log(f"overhead: {runs} runs each way, alternating")
-        pids = {name: fleet.pid(name) for name in ("gateway", "scheduler", "storage", "runner-0", "doubles")}
-        meter = CpuMeter(pids)
-        with profiled(pids, "overhead"):
-            meter.start()
-            direct_s, suite_s = asyncio.run(measure(fleet, runs, warmup))
-            cpu = meter.stop()
+    trace = trace or env_flag("BENCH_TRACE")
+    trace_dir = Path(tempfile.mkdtemp(prefix="comfyfleet-trace-")) if trace else None
+    env = _trace.environment(trace_dir) if trace_dir is not None else {}
+    windows: list[tuple[float, float]] = []
+    extra: dict[str, Any] = {}
+    try:
+        # The suite and the runner are traced (the doubles, not ours, are not).
+        with Fleet(doubles=2, runners=1, extra_env=env) as fleet:
+            log(f"overhead: {runs} runs each way, alternating{' (traced)' if trace else ''}")
+            pids = {name: fleet.pid(name) for name in ("gateway", "scheduler", "storage", "runner-0", "doubles")}
+            meter = CpuMeter(pids)
+            with profiled(pids, "overhead"):
+                meter.start()
+                direct_s, suite_s = asyncio.run(measure(fleet, runs, warmup, windows))
+                cpu = meter.stop()
+        if trace_dir is not None:
+            extra["stages_ms"] = stages(trace_dir, windows)
+    finally:
+        if trace_dir is not None:
+            shutil.rmtree(trace_dir, ignore_errors=True)
     d, s = summary_ms(direct_s), summary_ms(suite_s)
     added = [(b - a) * 1000 for a, b in zip(direct_s, suite_s, strict=True)]
     add_median = s["median"] - d["median"]
@@ -122,8 +154,9 @@ def main(quick: bool) -> dict[str, Any]:
         "runs": runs,
         # CPU per run (both paths; the doubles serve both): how much of the added time is work.
         "cpu_ms_per_run": {k: round(1000 * v / (runs + warmup), 2) for k, v in cpu.items()},
+        **extra,
     }
 
 
 if __name__ == "__main__":
-    print(json.dumps(main("--quick" in sys.argv), indent=2))
+    print(json.dumps(main("--quick" in sys.argv, trace="--trace" in sys.argv), indent=2))

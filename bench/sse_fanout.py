@@ -3,8 +3,12 @@
 For each N (1,000, 5,000, 10,000; 500 and 2,000 with --quick): a fresh gateway process in
 front of a scheduler double (bench/_sse_scheduler.py: 10 running workflows, 1 event a second
 each, staggered across the second, each carrying its publish time), and N raw HTTP/1.1
-subscribers in this process spread evenly over the workflows, so each subscriber gets
-1 event/s. After all N are connected, for a measuring window:
+subscribers spread evenly over the workflows, so each subscriber gets 1 event/s. The
+subscribers live in client processes of their own (bench/_sse_clients.py: one bare
+asyncio.Protocol per connection, uvloop when installed, two processes above 5,000) so that
+the client, which shares the 2 cores, is not the bottleneck. After all N are connected, for
+a measuring window (which starts once the backlog of the connecting phase has drained:
+`settle_s`):
 
 - delivery latency from publish (in the double) to the frame's data line read here, p50/p99;
 - gateway RSS per subscriber: (RSS with N connected - RSS before any) / N;
@@ -33,7 +37,13 @@ from services.devrun import ROOT, free_port, http_ready
 
 WORKFLOWS = 10
 RATE = 1.0  # events per second per workflow (= per subscriber)
-CONNECT_BATCH = 250
+# Client processes for N subscribers: they share the 2 cores with the gateway, so as few as
+# keep the client from being the bottleneck (one bare asyncio.Protocol per connection).
+CLIENT_PROCESSES = lambda count: 1 if count <= 5000 else 2  # noqa: E731
+# Connecting thousands of subscribers leaves the gateway behind (each subscribe is a
+# GetWorkflow call and a snapshot); the window starts once deliveries are this fresh again.
+SETTLED_S = 0.5
+SETTLE_LIMIT_S = 120.0
 
 
 def rss_kib(pid: int) -> int:
@@ -44,46 +54,69 @@ def rss_kib(pid: int) -> int:
 
 
 class Subscribers:
-    """N raw SSE subscribers: connect, read lines, record each event's delivery latency."""
+    """N raw SSE subscribers in `processes` client processes (bench/_sse_clients.py), spread
+    evenly over the workflows; each records the delivery latency of every event frame."""
 
-    def __init__(self, port: int, workflows: list[str]) -> None:
+    def __init__(self, port: int, workflows: list[str], var: Path) -> None:
         self.port = port
         self.workflows = workflows
+        self.var = var
         self.latencies: list[float] = []
         self.frames = 0
-        self.measuring = False
-        self.connected = 0
-        self.tasks: list[asyncio.Task[None]] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.pids: list[int] = []
 
-    async def start(self, count: int) -> None:
-        for first in range(0, count, CONNECT_BATCH):
-            opened = [asyncio.Event() for _ in range(first, min(count, first + CONNECT_BATCH))]
-            for n, event in enumerate(opened, start=first):
-                self.tasks.append(asyncio.create_task(self._one(self.workflows[n % len(self.workflows)], event)))
-            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in opened)), 60)
-            self.connected += len(opened)
+    def launch(self, count: int, processes: int) -> None:
+        share = -(-count // processes)
+        with open(self.var / "sse-clients.log", "ab") as errors:
+            for first in range(0, count, share):
+                self.procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "bench._sse_clients", "--port", str(self.port), "--first", str(first),
+                     "--count", str(min(share, count - first)), "--workflows", ",".join(self.workflows)],
+                    cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, start_new_session=True))
+        self.pids = [proc.pid for proc in self.procs]
 
-    async def _one(self, workflow_id: str, opened: asyncio.Event) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-        writer.write((f"GET /v1/workflow/{workflow_id}/subscribe HTTP/1.1\r\nHost: bench\r\n"
-                      "Authorization: Bearer bench\r\n\r\n").encode())
-        head = await reader.readuntil(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200"), head
-        opened.set()
-        try:
-            while line := await reader.readline():
-                if line.startswith(b"data: ") and b'"message"' in line:
-                    sent = float(json.loads(line[6:])["message"])
-                    if self.measuring:
-                        self.latencies.append(time.time() - sent)
-                        self.frames += 1
-        finally:
-            writer.close()
+    async def connected(self) -> None:
+        for proc in self.procs:
+            line = await asyncio.to_thread(self._line, proc)
+            if line != b"connected":
+                raise RuntimeError(f"a client process failed to connect; see {self.var}/sse-clients.log")
+
+    @staticmethod
+    def _line(proc: subprocess.Popen[bytes]) -> bytes:
+        assert proc.stdout is not None
+        return proc.stdout.readline().strip()
+
+    def tell(self, command: bytes) -> None:
+        for proc in self.procs:
+            assert proc.stdin is not None
+            proc.stdin.write(command + b"\n")
+            proc.stdin.flush()
+
+    async def settle(self, limit_s: float) -> float:
+        """Waits until no client saw a delivery latency over SETTLED_S in the last second (the
+        backlog of the connecting phase drained), at most `limit_s`; the seconds it took."""
+        began = time.monotonic()
+        while time.monotonic() - began < limit_s:
+            await asyncio.sleep(1.0)
+            self.tell(b"probe")
+            worst = [json.loads(await asyncio.to_thread(self._line, proc))["worst"] for proc in self.procs]
+            if max(worst) < SETTLED_S:
+                break
+        return time.monotonic() - began
+
+    async def collect(self) -> None:
+        self.tell(b"stop")
+        for proc in self.procs:
+            result = json.loads(await asyncio.to_thread(self._line, proc))
+            self.latencies += result["latencies"]
+            self.frames += result["frames"]
 
     async def stop(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
 
 
 def spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -110,7 +143,7 @@ async def measure(count: int, window_s: float, var: Path) -> dict[str, Any]:
     double = spawn([sys.executable, "-m", "bench._sse_scheduler", "--port", str(scheduler_port),
                     "--workflows", str(WORKFLOWS), "--rate", str(RATE)], env, var / "sse-scheduler.log")
     gateway = spawn([sys.executable, "-m", "services.gateway"], env, var / f"sse-gateway-{count}.log")
-    subscribers = Subscribers(gateway_port, workflow_ids(WORKFLOWS))
+    subscribers = Subscribers(gateway_port, workflow_ids(WORKFLOWS), var)
     try:
         deadline = time.monotonic() + 30
         while not http_ready(f"http://127.0.0.1:{gateway_port}/healthz"):
@@ -120,25 +153,28 @@ async def measure(count: int, window_s: float, var: Path) -> dict[str, Any]:
         await asyncio.sleep(1.0)
         rss_before = rss_kib(gateway.pid)
         started = time.monotonic()
-        await subscribers.start(count)
+        subscribers.launch(count, CLIENT_PROCESSES(count))
+        await subscribers.connected()
         connect_s = time.monotonic() - started
         await asyncio.sleep(2.0)  # every subscriber past its snapshot, the feeds running
         rss_after = rss_kib(gateway.pid)
+        settle_s = await subscribers.settle(SETTLE_LIMIT_S)
         cpu = {"gateway": cpu_seconds(gateway.pid), "scheduler double": cpu_seconds(double.pid),
-               "subscribers": cpu_seconds(os.getpid())}
-        subscribers.measuring = True
+               "subscribers": sum(cpu_seconds(pid) for pid in subscribers.pids)}
+        subscribers.tell(b"start")
         began = time.monotonic()
         with profiled({"gateway": gateway.pid}, f"sse_fanout-{count}"):
             await asyncio.sleep(window_s)
-        subscribers.measuring = False
-        elapsed = time.monotonic() - began
         cpu = {"gateway": cpu_seconds(gateway.pid) - cpu["gateway"],
                "scheduler double": cpu_seconds(double.pid) - cpu["scheduler double"],
-               "subscribers": cpu_seconds(os.getpid()) - cpu["subscribers"]}
+               "subscribers": sum(cpu_seconds(pid) for pid in subscribers.pids) - cpu["subscribers"]}
+        await subscribers.collect()
+        elapsed = time.monotonic() - began
         samples = subscribers.latencies
         result = {
             "subscribers": count,
             "connect_s": round(connect_s, 2),
+            "settle_s": round(settle_s, 1),  # until the connecting phase's backlog drained
             "rss_before_kib": rss_before,
             "rss_after_kib": rss_after,
             "rss_per_subscriber_kib": round((rss_after - rss_before) / count, 2),

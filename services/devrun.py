@@ -5,14 +5,20 @@ Starts storage (gRPC 127.0.0.1:50052), scheduler (gRPC 127.0.0.1:50051) and gate
 prints the URL and the development API token (also in ./var/dev-token). Ctrl-C stops all.
 
 `Suite` is also what the integration tests use to start the same processes on free ports.
+
+Every process gets the suite's service token (./var/service-token, made once, 0600) that
+storage demands of its callers (services/common/service_auth.py). With `tls`, the gRPC ports
+use mTLS and the gateway HTTPS, all with that one certificate (tests/security).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -32,23 +38,54 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def grpc_health(address: str, timeout: float = 0.5) -> int | None:
+@dataclass(frozen=True)
+class SuiteTls:
+    """One certificate (serverAuth + clientAuth, for 127.0.0.1) for every process, and its CA."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+    def env(self) -> dict[str, str]:
+        return {"COMFYFLEET_TLS_CERT_FILE": str(self.cert), "COMFYFLEET_TLS_KEY_FILE": str(self.key),
+                "COMFYFLEET_TLS_CA_FILE": str(self.ca),
+                "GATEWAY_TLS_CERT_FILE": str(self.cert), "GATEWAY_TLS_KEY_FILE": str(self.key)}
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(self.ca.read_bytes(), self.key.read_bytes(), self.cert.read_bytes())
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca))
+
+
+def ensure_service_token(path: Path) -> str:
+    """The service token in `path`; a new random one (mode 0600) when the file is missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip()
+
+
+def grpc_health(address: str, timeout: float = 0.5, tls: SuiteTls | None = None) -> int | None:
     """The health status (health_pb2.HealthCheckResponse.SERVING, ...), or None without an answer."""
     try:
-        with grpc.insecure_channel(address) as channel:
+        with (grpc.secure_channel(address, tls.channel_credentials()) if tls else grpc.insecure_channel(address)) \
+                as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
             return int(reply.status)
     except grpc.RpcError:
         return None
 
 
-def grpc_ready(address: str, timeout: float = 0.5) -> bool:
-    return grpc_health(address, timeout) == health_pb2.HealthCheckResponse.SERVING
+def grpc_ready(address: str, timeout: float = 0.5, tls: SuiteTls | None = None) -> bool:
+    return grpc_health(address, timeout, tls) == health_pb2.HealthCheckResponse.SERVING
 
 
-def http_ready(url: str, timeout: float = 0.5) -> bool:
+def http_ready(url: str, timeout: float = 0.5, context: ssl.SSLContext | None = None) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as reply:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as reply:
             return bool(reply.status == 200)
     except OSError:
         return False
@@ -73,10 +110,15 @@ class Suite:
     # picked at start; None = each service's default port (make run).
     metrics_ports: dict[str, int] | None = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    tls: SuiteTls | None = None  # mTLS between the services, HTTPS on the gateway
 
     @property
     def gateway_url(self) -> str:
-        return f"http://127.0.0.1:{self.gateway_port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.gateway_port}"
+
+    @property
+    def service_token(self) -> str:
+        return ensure_service_token(self.var_dir / "service-token")
 
     @property
     def scheduler_addresses(self) -> str:
@@ -104,6 +146,9 @@ class Suite:
             "GATEWAY_PORT": str(self.gateway_port),
             "GATEWAY_SCHEDULER": self.scheduler_addresses,
             "GATEWAY_STORAGE": f"127.0.0.1:{self.storage_port}",
+            "COMFYFLEET_SERVICE_TOKEN": "",  # the suite's own token: the file below
+            "COMFYFLEET_SERVICE_TOKEN_FILE": f"{var}/service-token",
+            **(self.tls.env() if self.tls else {}),
         })
         env.update(self.extra_env)
         return env
@@ -148,6 +193,7 @@ class Suite:
             port = self.metrics_ports.setdefault(name, free_port())
             env = {**{f"{svc}_METRICS_PORT": str(port) for svc in ("SCHEDULER", "STORAGE", "RUNNER")}, **(env or {})}
         self.var_dir.mkdir(parents=True, exist_ok=True)
+        ensure_service_token(self.var_dir / "service-token")
         log = open(self.var_dir / f"{name}.log", "ab")
         self.procs[name] = subprocess.Popen(args, cwd=ROOT, env={**self._env(), **(env or {})}, stdout=log, stderr=log,
                                             start_new_session=True)
@@ -166,13 +212,14 @@ class Suite:
 
     def _ready(self, name: str) -> bool:
         if name == "storage":
-            return grpc_ready(f"127.0.0.1:{self.storage_port}")
+            return grpc_ready(f"127.0.0.1:{self.storage_port}", tls=self.tls)
         if name == "scheduler":
-            return grpc_ready(f"127.0.0.1:{self.scheduler_port}") and (self.var_dir / "dev-token").exists()
+            ready = grpc_ready(f"127.0.0.1:{self.scheduler_port}", tls=self.tls)
+            return ready and (self.var_dir / "dev-token").exists()
         if name == "scheduler-standby":  # listening; SERVING only once it takes over
-            return grpc_health(f"127.0.0.1:{self.standby_port}") is not None
+            return grpc_health(f"127.0.0.1:{self.standby_port}", tls=self.tls) is not None
         if name == "gateway":
-            return http_ready(f"{self.gateway_url}/healthz")
+            return http_ready(f"{self.gateway_url}/healthz", context=self.tls.ssl_context() if self.tls else None)
         if name == "runner" or name.startswith("runner-"):
             log = self.var_dir / f"{name}.log"
             return log.exists() and "welcomed as runner" in log.read_text(errors="replace")
@@ -231,6 +278,7 @@ def main() -> None:
         else:
             print("no runner: set COMFYUI_URL=http://host:8188 to start one")
         print("runner pool: drives every ComfyUI registered with POST /v1/runner")
+        print(f"internal gRPC calls to storage need the service token in {var / 'service-token'}")
         print(f"logs: {var}/*.log    Ctrl-C stops everything\n", flush=True)
         while not stop:
             for name, proc in suite.procs.items():

@@ -56,6 +56,40 @@ class AsyncClient:
         response = await send_async(self.http, self.settings, call)
         return response.json() if response.content else None
 
+    async def events(self, *, after: int | None = None, workflow_id: str | None = None,
+                     max_failures: int = 10) -> AsyncIterator[AnyEvent]:
+        """Every event of all your workflows as it happens (GET /v1/events): as `Client.events`.
+
+            >>> async for event in client.events():
+            ...     print(event.seq, event.workflow_id, event.kind)
+        """
+        resume = Resume(after, max_failures, until_terminal=False)
+        timeout = httpx.Timeout(self.settings.timeout, read=max(WATCH_READ_TIMEOUT, self.settings.timeout))
+        params = {"workflow_id": workflow_id} if workflow_id else {}
+        while True:
+            cause: BaseException | str = "the stream ended"
+            retry_after: float | None = None
+            try:
+                async with self.http.stream("GET", "/v1/events", params=params, timeout=timeout,
+                                            headers={**auth_headers(self.settings), **resume.headers()}) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        error = from_response(response)
+                        if error.status not in RETRY_STATUSES:
+                            raise error
+                        cause, retry_after = error, error.retry_after
+                    else:
+                        decoder = FrameDecoder()
+                        async for line in response.aiter_lines():
+                            frame = decoder.feed(line)
+                            if frame is None and line == "":
+                                resume.seen_id(decoder)  # the end of a frame without data
+                            elif frame is not None and (event := resume.accept(frame)) is not None:
+                                yield event
+            except httpx.TransportError as err:
+                cause = err
+            await asyncio.sleep(resume.failed(cause, retry_after))
+
     async def paginate(self, path: str, key: str, model: type[M], per_page: int, limit: int | None,
                  **filters: Any) -> AsyncIterator[M]:
         """Every item over all pages (each once, even if new items shift the pages meanwhile)."""

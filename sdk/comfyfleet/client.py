@@ -58,6 +58,47 @@ class Client:
         response = send(self.http, self.settings, call)
         return response.json() if response.content else None
 
+    def events(self, *, after: int | None = None, workflow_id: str | None = None,
+               max_failures: int = 10) -> Iterator[AnyEvent]:
+        """Every event of all your workflows as it happens (GET /v1/events), typed; the iterator
+        never ends by itself (break out of it). `event.seq` is your own event number across
+        workflows and `event.workflow_id` whose event it is.
+
+        Starts live, or with `after` replays the events after that number first (0: the recent
+        history, at most the newest 1,000). A dropped connection is reopened with Last-Event-ID:
+        no event is missed or repeated. `workflow_id` keeps one workflow's events. WatchError
+        after `max_failures` failed connections in a row; API errors other than 429/503 are raised.
+
+            >>> for event in client.events():
+            ...     print(event.seq, event.workflow_id, event.kind)
+        """
+        resume = Resume(after, max_failures, until_terminal=False)
+        timeout = httpx.Timeout(self.settings.timeout, read=max(WATCH_READ_TIMEOUT, self.settings.timeout))
+        params = {"workflow_id": workflow_id} if workflow_id else {}
+        while True:
+            cause: BaseException | str = "the stream ended"
+            retry_after: float | None = None
+            try:
+                with self.http.stream("GET", "/v1/events", params=params, timeout=timeout,
+                                      headers={**auth_headers(self.settings), **resume.headers()}) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        error = from_response(response)
+                        if error.status not in RETRY_STATUSES:
+                            raise error
+                        cause, retry_after = error, error.retry_after
+                    else:
+                        decoder = FrameDecoder()
+                        for line in response.iter_lines():
+                            frame = decoder.feed(line)
+                            if frame is None and line == "":
+                                resume.seen_id(decoder)  # the end of a frame without data
+                            elif frame is not None and (event := resume.accept(frame)) is not None:
+                                yield event
+            except httpx.TransportError as err:
+                cause = err
+            time.sleep(resume.failed(cause, retry_after))
+
     def paginate(self, path: str, key: str, model: type[M], per_page: int, limit: int | None,
                  **filters: Any) -> Iterator[M]:
         """Every item over all pages (each once, even if new items shift the pages meanwhile)."""

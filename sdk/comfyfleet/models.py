@@ -142,10 +142,14 @@ class Template(Model):
 
 
 class Event(Model):
-    """One frame of a workflow's event stream; `seq` is its SSE id (the event's sequence number)."""
+    """One frame of a workflow's event stream; `seq` is its SSE id (the event's sequence number).
+
+    From the fleet-wide stream (`client.events()`), `seq` is your own event number across all
+    your workflows, and `workflow_id` says whose event it is."""
 
     seq: int
     kind: str
+    workflow_id: str = ""
 
 
 class StatusEvent(Event):
@@ -217,7 +221,7 @@ def parse_event(seq: int, kind: str, data: Any) -> AnyEvent:
     if kind == "progress" and isinstance(data, dict):
         return ProgressEvent.model_validate({**data, "seq": seq})
     if kind == "output" and isinstance(data, dict):
-        return OutputEvent(seq=seq, output=Output.model_validate(data))
+        return OutputEvent(seq=seq, output=Output.model_validate(data), workflow_id=data.get("workflow_id", ""))
     if kind == "log" and isinstance(data, dict):
         return LogEvent.model_validate({**data, "seq": seq})
     return UnknownEvent(seq=seq, kind=kind, data=data)

@@ -1,4 +1,4 @@
-"""Reading a workflow's event stream: SSE frame decoding and the resume bookkeeping of `watch`.
+"""Reading event streams: SSE frame decoding and the resume bookkeeping of `watch` and `events`.
 
 `FrameDecoder` turns lines (as `httpx.Response.iter_lines` yields them) into `Frame`s per the
 SSE spec: `id:`, `event:`, one or more `data:` lines, `retry:`; comments (`: keepalive`) are
@@ -35,6 +35,11 @@ class FrameDecoder:
         self._id: str | None = None
         self.retry_ms: int | None = None
 
+    @property
+    def last_id(self) -> str | None:
+        """The last `id:` seen, with or without data."""
+        return self._id
+
     def feed(self, line: str) -> Frame | None:
         if line == "":
             if not self._data:
@@ -64,8 +69,9 @@ class Resume:
     `after`: the id to resume after (None: start with a snapshot; 0: replay from the start).
     """
 
-    def __init__(self, after: int | None, max_failures: int) -> None:
+    def __init__(self, after: int | None, max_failures: int, *, until_terminal: bool = True) -> None:
         self.last_id = after
+        self.until_terminal = until_terminal  # False: the fleet-wide stream, which never finishes
         self.done = False
         self.failures = 0
         self.max_failures = max_failures
@@ -93,9 +99,16 @@ class Resume:
         event = parse_event(seq, frame.event, data)
         self.last_id = seq
         self.failures = 0
-        if isinstance(event, StatusEvent) and event.is_terminal:
+        if self.until_terminal and isinstance(event, StatusEvent) and event.is_terminal:
             self.done = True
         return event
+
+    def seen_id(self, decoder: FrameDecoder) -> None:
+        """Takes the id of a frame without data (GET /v1/events starts a live stream with one:
+        the caller's last event number), so a reconnect before the first event resumes there."""
+        last = decoder.last_id
+        if last is not None and last.isdigit() and (self.last_id is None or int(last) > self.last_id):
+            self.last_id = int(last)
 
     def failed(self, cause: BaseException | str, retry_after: float | None = None) -> float:
         """Counts a failed or ended connection; the delay before the next one, or WatchError."""

@@ -22,6 +22,7 @@ import json
 import grpc
 
 from services.common.grpc_server import CHANNEL_OPTIONS
+from services.common.service_auth import PLAIN, ServiceSecurity
 
 SERVICE_CONFIG = json.dumps({
     "loadBalancingConfig": [{"round_robin": {}}],
@@ -46,8 +47,10 @@ def target(addresses: str) -> str:
     return f"ipv{versions.pop()}:" + ",".join(parts)
 
 
-def failover_channel(addresses: str) -> grpc.aio.Channel:
+def failover_channel(addresses: str, security: ServiceSecurity = PLAIN) -> grpc.aio.Channel:
+    """TLS when `security` has it; no service token: every scheduler call carries its caller's
+    own credential (user, pool or runner token)."""
     resolved = target(addresses)
     if resolved == addresses.strip(", "):  # one address
-        return grpc.aio.insecure_channel(resolved, options=CHANNEL_OPTIONS)
-    return grpc.aio.insecure_channel(resolved, options=[*CHANNEL_OPTIONS, ("grpc.service_config", SERVICE_CONFIG)])
+        return security.channel(resolved, CHANNEL_OPTIONS, as_service=False)
+    return security.channel(resolved, [*CHANNEL_OPTIONS, ("grpc.service_config", SERVICE_CONFIG)], as_service=False)

@@ -20,6 +20,8 @@ from grpc_reflection.v1alpha import reflection
 
 from services.common.errors import ComfyfleetError, abort
 from services.common.grpc_telemetry import server_interceptors
+from services.common.service_auth import ServiceAuth
+from services.common.tls import TlsFiles, bind
 
 log = logging.getLogger(__name__)
 
@@ -83,19 +85,23 @@ async def serve(
     on_stop: Callable[[], Awaitable[None]] | None = None,
     before_stop: Callable[[], Awaitable[None]] | None = None,
     grace: float = 5.0,
+    auth: ServiceAuth | None = None,
+    tls: TlsFiles | None = None,
 ) -> None:
     """Binds `address`, registers services and health, serves until SIGTERM/SIGINT.
 
     `before_stop` runs once health is NOT_SERVING and before the drain; `on_stop` after it.
+    `auth` refuses calls without the credential its rules ask for (service_auth.py); `tls`
+    makes the port TLS with client certificates required (tls.py).
     """
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=server_interceptors())
+    # telemetry outermost: a refused call is counted and logged like any other
+    interceptors = [*server_interceptors(), *([auth] if auth is not None else [])]
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"cannot bind {address}")
+    bind(server, address, tls)
     await server.start()
     for name in ["", *service_names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

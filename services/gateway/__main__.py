@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import sys
 
 import uvicorn
@@ -14,6 +15,16 @@ from services.gateway.errors import InvalidSettings
 
 # Open SSE streams would hold a graceful shutdown forever; after this they are closed.
 GRACEFUL_SHUTDOWN_SECONDS = 10
+# Pending connections the listening socket queues (uvicorn's default is 2048): SSE clients
+# reconnect all at once after a restart.
+BACKLOG = 4096
+
+
+def raise_fd_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit: every open SSE stream holds a descriptor."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def main() -> None:
@@ -22,15 +33,21 @@ def main() -> None:
     except InvalidSettings as err:
         sys.exit(f"gateway: {err}")
     configure_logging(settings.log_format)
+    raise_fd_limit()
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         lifespan="on",
         ws="none",
+        loop="auto",  # uvloop when installed (requirements.txt), else asyncio
+        http="auto",  # httptools when installed (requirements.txt), else h11
         log_config=None,
         access_log=False,  # request_id.py logs each request, with its request id
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        backlog=BACKLOG,
+        ssl_certfile=settings.https_cert_file or None,  # HTTPS when both are set
+        ssl_keyfile=settings.https_key_file or None,
     )
     uvicorn.Server(config).run()
 

@@ -6,22 +6,24 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 
-import grpc
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.routing import Route
+from starlette.routing import Match, Route
+from starlette.types import Receive, Scope, Send
 
 from services.common.errors import ComfyfleetError
 from services.common.failover import failover_channel
 from services.common.grpc_server import CHANNEL_OPTIONS
 from services.gateway import (
+    events_routes,
     health_routes,
     object_routes,
     runner_routes,
     subscribe_routes,
     template_routes,
     user_routes,
+    webhook_routes,
     workflow_routes,
 )
 from services.gateway.config import GatewaySettings
@@ -31,13 +33,14 @@ from services.gateway.errors import ErrorBodyMiddleware, handle_domain_error, ha
 from services.gateway.feeds import Feeds
 from services.gateway.metrics import Metrics, MetricsMiddleware, metrics_route
 from services.gateway.openapi import openapi_route
-from services.gateway.rate_limit import RateLimitMiddleware
+from services.gateway.rate_limit import RateLimiter, RateLimitMiddleware
 from services.gateway.request_id import RequestIdMiddleware
 from services.gateway.scheduler_client import GrpcScheduler
 from services.gateway.storage_client import GrpcStorage
 
 CHANNEL_CLOSE_GRACE_SECONDS = 1.0
 
+SUBSCRIBE = Route("/v1/workflow/{id}/subscribe", subscribe_routes.subscribe, methods=["GET"])
 ROUTES = [
     Route("/healthz", health_routes.healthz, methods=["GET"]),
     Route("/readyz", health_routes.readyz, methods=["GET"]),
@@ -50,8 +53,9 @@ ROUTES = [
     Route("/v1/workflow/{id}", workflow_routes.delete_workflow, methods=["DELETE"]),
     Route("/v1/workflow/{id}/rerun", workflow_routes.rerun_workflow, methods=["POST"]),
     Route("/v1/workflow/{id}/cancel", workflow_routes.cancel_workflow, methods=["POST"]),
-    Route("/v1/workflow/{id}/subscribe", subscribe_routes.subscribe, methods=["GET"]),
+    SUBSCRIBE,
     Route("/v1/workflow/{id}/outputs", workflow_routes.list_outputs, methods=["GET"]),
+    Route("/v1/events", events_routes.events, methods=["GET"]),
     Route("/v1/runner", runner_routes.create_runner, methods=["POST"]),
     Route("/v1/runner", runner_routes.list_runners, methods=["GET"]),
     Route("/v1/runner/{id}", runner_routes.get_runner, methods=["GET"]),
@@ -65,6 +69,14 @@ ROUTES = [
     Route("/v1/template/{id}", template_routes.update_template, methods=["PUT"]),
     Route("/v1/template/{id}", template_routes.delete_template, methods=["DELETE"]),
     Route("/v1/template/{id}/run", template_routes.run_template, methods=["POST"]),
+    Route("/v1/webhook", webhook_routes.create_webhook, methods=["POST"]),
+    Route("/v1/webhook", webhook_routes.list_webhooks, methods=["GET"]),
+    Route("/v1/webhook/{id}", webhook_routes.get_webhook, methods=["GET"]),
+    Route("/v1/webhook/{id}", webhook_routes.delete_webhook, methods=["DELETE"]),
+    Route("/v1/webhook/{id}/deliveries", webhook_routes.list_deliveries, methods=["GET"]),
+    Route("/v1/webhook/{id}/deliveries/{delivery_id}/redeliver", webhook_routes.redeliver, methods=["POST"]),
+    Route("/v1/webhook-secret", webhook_routes.workflow_secret, methods=["GET"]),
+    Route("/v1/workflow/{id}/webhook-deliveries", webhook_routes.workflow_deliveries, methods=["GET"]),
     Route("/v1/objects/{key:path}", object_routes.download_object, methods=["GET"]),
     DashboardRoute(),  # GET / and the dashboard's static files (services/gateway/dashboard)
 ]
@@ -75,11 +87,12 @@ def create_app(settings: GatewaySettings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        scheduler = failover_channel(settings.scheduler_address)  # one address, or active + standby
-        storage = grpc.aio.insecure_channel(settings.storage_address, options=CHANNEL_OPTIONS)
+        # one address, or active + standby; each call carries the caller's own token
+        scheduler = failover_channel(settings.scheduler_address, settings.security)
+        storage = settings.security.channel(settings.storage_address, CHANNEL_OPTIONS)  # with the service token
         storage_client = GrpcStorage(storage)
         feeds = Feeds(partial(subscribe_routes.render, storage_client), capacity=settings.sse_buffer_frames,
-                      keepalive_seconds=settings.sse_keepalive_seconds)
+                      keepalive_seconds=settings.sse_keepalive_seconds, stall_seconds=settings.sse_stall_seconds)
         app.state.gateway = Gateway(
             settings=settings,
             scheduler=GrpcScheduler(scheduler),
@@ -95,7 +108,9 @@ def create_app(settings: GatewaySettings) -> Starlette:
             await storage.close(CHANNEL_CLOSE_GRACE_SECONDS)
 
     metrics = Metrics()
-    app = Starlette(
+    limiter = RateLimiter(settings.rate_limit_requests, settings.rate_limit_window_seconds) \
+        if settings.rate_limit_requests > 0 else None
+    app = GatewayApp(
         routes=ROUTES,
         lifespan=lifespan,
         middleware=[
@@ -103,9 +118,32 @@ def create_app(settings: GatewaySettings) -> Starlette:
             Middleware(MetricsMiddleware, metrics=metrics, routes=ROUTES),
             Middleware(ErrorBodyMiddleware),
             Middleware(RateLimitMiddleware, limit=settings.rate_limit_requests,
-                       window_seconds=settings.rate_limit_window_seconds),
+                       window_seconds=settings.rate_limit_window_seconds, limiter=limiter),
         ],
         exception_handlers={ComfyfleetError: handle_domain_error, HTTPException: handle_http_exception},
     )
     app.state.metrics = metrics
+    app.state.rate_limiter = limiter  # shared by the middleware and the bare routes
     return app
+
+
+class GatewayApp(Starlette):
+    """The Starlette app, except that the routes in BARE_ROUTES (SSE streams, thousands open at
+    once) are answered before its middleware: such a route's app does itself what the
+    middleware does (subscribe_routes.py), and an open stream holds no middleware frames and
+    passes no middleware on each write. The routes stay in ROUTES for 405s, OpenAPI and the
+    metrics' route names."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for route in BARE_ROUTES:
+                match, child = route.matches(scope)
+                if match is Match.FULL:
+                    scope["app"] = self
+                    scope.update(child)
+                    await route.app(scope, receive, send)
+                    return
+        await super().__call__(scope, receive, send)
+
+
+BARE_ROUTES = [SUBSCRIBE]  # GET and HEAD

@@ -13,14 +13,20 @@
 | GATEWAY_RATE_LIMIT_REQUESTS     | 40                 | requests per token per window (0 = off)   |
 | GATEWAY_RATE_LIMIT_WINDOW_SECONDS | 10               | the rate limit's sliding window           |
 | COMFYFLEET_LOG_FORMAT           | text               | log lines as `text` or `json` (one object per line) |
+| GATEWAY_TLS_CERT_FILE           | (unset)            | PEM certificate (chain): serve HTTPS instead of HTTP |
+| GATEWAY_TLS_KEY_FILE            | (unset)            | its private key (PEM); both or neither    |
+| COMFYFLEET_SERVICE_TOKEN[_FILE] | (unset)            | shown to storage (services/common/service_auth.py) |
+| COMFYFLEET_TLS_CERT_FILE, _KEY_FILE, _CA_FILE | (unset) | mTLS to scheduler and storage (services/common/tls.py) |
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from services.common.logs import LogFormat, parse_log_format
+from services.common.service_auth import PLAIN, ServiceSecurity
 from services.gateway.errors import InvalidSettings
 
 
@@ -39,6 +45,9 @@ class GatewaySettings:
     rate_limit_requests: int = 40
     rate_limit_window_seconds: float = 10.0
     log_format: LogFormat = "text"
+    https_cert_file: str = ""  # both set: the listener is HTTPS (uvicorn's ssl_certfile/ssl_keyfile)
+    https_key_file: str = ""
+    security: ServiceSecurity = PLAIN
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> GatewaySettings:
@@ -57,7 +66,32 @@ class GatewaySettings:
             rate_limit_window_seconds=_seconds(env, "GATEWAY_RATE_LIMIT_WINDOW_SECONDS",
                                                default.rate_limit_window_seconds),
             log_format=_log_format(env),
+            https_cert_file=_readable(env, "GATEWAY_TLS_CERT_FILE"),
+            https_key_file=_readable(env, "GATEWAY_TLS_KEY_FILE"),
+            security=_security(env),
         )
+
+    def __post_init__(self) -> None:
+        if bool(self.https_cert_file) != bool(self.https_key_file):
+            raise InvalidSettings("GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE go together")
+
+    @property
+    def https(self) -> bool:
+        return bool(self.https_cert_file)
+
+
+def _security(env: Mapping[str, str]) -> ServiceSecurity:
+    try:
+        return ServiceSecurity.from_env(env)
+    except ValueError as err:
+        raise InvalidSettings(str(err)) from None
+
+
+def _readable(env: Mapping[str, str], name: str) -> str:
+    path = env.get(name, "").strip()
+    if path and not os.access(path, os.R_OK):
+        raise InvalidSettings(f"{name} names a file that cannot be read: {path!r}")
+    return path
 
 
 def _log_format(env: Mapping[str, str]) -> LogFormat:

@@ -1,19 +1,27 @@
 """Fan-out inside one gateway process: one WatchWorkflow stream per watched workflow, shared
-by every SSE subscriber of that workflow here, each with a bounded queue of rendered frames.
+by every SSE subscriber of that workflow here, each reading the feed's frames at its own pace.
 
     scheduler --WatchWorkflow--> Feed (one per workflow) --frames--> Subscription x N --> SSE
 
-A feed is opened with the first subscriber's watch, once the seq it starts after is known
-(the snapshot's, or the subscriber's Last-Event-ID). It keeps the last `history` frames, so a
-later subscriber whose cursor falls inside what the feed holds joins it and gets the frames
-after its cursor, then live ones: no gap, nothing twice. A cursor older than that (an old
-Last-Event-ID) gets a feed of its own that is not shared. Each event is rendered (its output
-URLs presigned) once per feed, not once per subscriber.
+A feed renders each event once (its output URLs presigned) into the bytes of one SSE frame and
+appends it to a ring it shares with its subscribers; a subscription is only a position in that
+ring, so a frame is encoded and stored once per feed, never copied per subscriber. Publishing
+wakes each waiting subscription (one future each, nothing else per frame), and a subscription
+that wakes takes every frame after its position at once (one write for several frames).
 
-The feed never waits for a subscriber: a subscription whose queue is full is dropped (its
-stream ends after what it holds; the client resumes with Last-Event-ID from the stored log),
-so a slow reader cannot slow anyone else. A feed ends when the scheduler ends the watch
-(after the terminal status, or on an error) or when its last subscriber leaves.
+A feed is opened with the first subscriber's watch, once the seq it starts after is known
+(the snapshot's, or the subscriber's Last-Event-ID). A later subscriber whose cursor falls
+inside the feed's last `history` frames joins it and gets the frames after its cursor, then
+live ones: no gap, nothing twice. A cursor older than that (an old Last-Event-ID) gets a feed
+of its own that is not shared.
+
+The feed never waits for a subscriber: a subscription that falls more than `capacity` frames
+behind is dropped (it ends after those `capacity` frames; the client resumes with
+Last-Event-ID from the stored log), and one whose write has been blocked for `stall_seconds`
+is dropped by `Feeds`' stall check (through `on_stall`, which closes its connection), so a
+slow reader cannot slow anyone else. Keep-alives come from one timer for all subscriptions
+(`Feeds`), not one per connection. A feed ends when the scheduler ends the watch (after the
+terminal status, or on an error) or when its last subscriber leaves.
 """
 
 from __future__ import annotations
@@ -40,64 +48,125 @@ IDLE = Idle.IDLE  # from `Subscription.next()`: nothing for a keep-alive interva
 
 
 class Subscription:
-    """One subscriber's bounded queue of SSE frames; `next()` gives IDLE when the feeds'
-    keep-alive tick found it quiet, and None when it ends."""
+    """One subscriber's position in its feed's frames. `next()` gives the frames after it
+    (several at once, joined), IDLE when the keep-alive tick found it quiet, and None when it
+    ends. The connection serving it sets `writing_since` while a write is in progress and
+    `on_stall` to drop the client (see `Feeds`)."""
 
-    __slots__ = ("_feed", "_queue", "_quiet", "capacity", "cursor", "dropped", "ended")
+    __slots__ = ("_feed", "_held", "_waiter", "capacity", "dropped", "ended", "gone", "keepalive_due",
+                 "on_stall", "position", "quiet", "stalled", "writing_since")
 
-    def __init__(self, feed: Feed, cursor: int, capacity: int) -> None:
+    def __init__(self, feed: Feed, position: int, capacity: int) -> None:
         self._feed = feed
-        self._queue: asyncio.Queue[bytes | Idle | None] = asyncio.Queue(capacity + 1)
-        self._quiet = False
+        self._held: bytes | None = None  # what a dropped subscription still gets
+        self._waiter: asyncio.Future[None] | None = None
         self.capacity = capacity
-        self.cursor = cursor  # seq of the last frame queued (or already known to the client)
-        self.dropped = False
+        self.position = position  # index (in feed.published order) of the next frame to read
+        self.dropped = False  # fell more than `capacity` frames behind
+        self.stalled = False  # a write was blocked for the stall limit
         self.ended = False
+        self.gone = False  # the subscriber went away: nothing more is read
+        self.quiet = False
+        self.keepalive_due = False
+        self.writing_since: float | None = None  # loop.time() when the write in progress began
+        self.on_stall: Callable[[], object] | None = None
 
-    def offer(self, seq: int, frame: bytes) -> None:
-        if self.ended or seq <= self.cursor:
+    def publish(self, published: int) -> None:
+        """The feed now holds `published` frames: wake, or drop when too far behind."""
+        if self.ended:
             return
-        if self._queue.qsize() >= self.capacity:
+        if published - self.position > self.capacity:
+            self._held = self._feed.frames(self.position, self.position + self.capacity)
+            self.position += self.capacity
             self.dropped = True
             self.end()
             return
-        self._queue.put_nowait(frame)
-        self.cursor = seq
-        self._quiet = False
+        self.quiet = False
+        self._wake()
 
     def tick(self) -> None:
-        """A keep-alive tick: IDLE for a subscriber that got nothing since the last one."""
-        if self._quiet and not self.ended and self._queue.qsize() < self.capacity:
-            self._queue.put_nowait(IDLE)
-        self._quiet = True
+        """A keep-alive tick: IDLE for a subscription that got nothing since the last one."""
+        if self.quiet and not self.ended:
+            self.keepalive_due = True
+            self._wake()
+        self.quiet = True
+
+    def stall(self) -> None:
+        """Its write has been blocked too long: drop the client."""
+        if self.ended:
+            return
+        self.stalled = True
+        self.end()
+        if self.on_stall is not None:
+            self.on_stall()
 
     def end(self) -> None:
         if not self.ended:
             self.ended = True
-            self._queue.put_nowait(None)
+            self._wake()
+
+    def take(self) -> bytes:
+        """The frames after this subscription's position, joined (b"" if none); moves past them."""
+        if self._held is not None:
+            held, self._held = self._held, None
+            return held
+        if self.gone or self.dropped:
+            return b""
+        feed = self._feed
+        if feed.published == self.position:
+            return b""
+        frames = feed.frames(self.position, feed.published)
+        self.position = feed.published
+        self.keepalive_due = False
+        return frames
 
     async def next(self) -> bytes | Idle | None:
-        """The next frame, IDLE (write a keep-alive), or None at the end. One queue wait, no
-        timer: keep-alives come from one tick for all subscriptions (`Feeds`)."""
-        return await self._queue.get()
+        """The next frames, IDLE (write a keep-alive), or None at the end. One future per wait,
+        no timer: keep-alives come from one tick for all subscriptions (`Feeds`)."""
+        while True:
+            if self.gone:
+                return None
+            frames = self.take()
+            if frames:
+                return frames
+            if self.ended:
+                return None
+            if self.keepalive_due:
+                self.keepalive_due = False
+                return IDLE
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
 
     def cancel(self) -> None:
-        """The subscriber went away."""
+        """The subscriber went away (or stopped reading): nothing more is read, the feed lets go."""
+        self.gone = True
         self.end()
         self._feed.leave(self)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
 
 class Feed:
     """One watch of one workflow, fanned out to its subscriptions."""
 
     def __init__(self, workflow_id: str, watch: WorkflowWatch, start: int, render: Render,
-                 history: int, on_end: Callable[[Feed], None]) -> None:
+                 history: int, keep: int, on_end: Callable[[Feed], None]) -> None:
         self.workflow_id = workflow_id
         self._watch = watch
         self._render = render
         self._on_end = on_end
         self.start = start  # the feed has every event after this seq
-        self.recent: deque[tuple[int, bytes]] = deque(maxlen=history)
+        self.history = history
+        # The last frames as (seq, frame): `history` for joiners, and the `keep` + 1 that a
+        # subscription about to be dropped for falling `keep` frames behind still gets.
+        self.recent: deque[tuple[int, bytes]] = deque(maxlen=max(history, keep + 1))
+        self.published = 0  # frames appended so far; recent[-1] is frame published - 1
         self.subscriptions: set[Subscription] = set()
         self.ended = False
         self._task: asyncio.Task[None] | None = None
@@ -106,14 +175,21 @@ class Feed:
         """Whether a subscriber at `cursor` can join without missing an event."""
         if self.ended:
             return False
-        full = self.recent.maxlen is not None and len(self.recent) == self.recent.maxlen
-        low = self.recent[0][0] - 1 if full else self.start
-        return cursor >= low
+        if self.published >= self.history:
+            return cursor >= self.recent[-self.history][0] - 1
+        return cursor >= self.start
+
+    def frames(self, begin: int, end: int) -> bytes:
+        """Frames `begin` up to `end` (in published order) joined; they must still be held."""
+        recent = self.recent
+        if end - begin == 1:
+            return recent[begin - self.published][1]
+        return b"".join(recent[i][1] for i in range(begin - self.published, end - self.published))
 
     def attach(self, cursor: int, capacity: int) -> Subscription:
-        subscription = Subscription(self, cursor, capacity)
-        for seq, frame in self.recent:
-            subscription.offer(seq, frame)
+        after = sum(1 for seq, _ in list(self.recent)[-self.history:] if seq > cursor)
+        subscription = Subscription(self, self.published - after, capacity)
+        subscription.publish(self.published)
         self.subscriptions.add(subscription)
         return subscription
 
@@ -142,10 +218,11 @@ class Feed:
                 frame = await self._render(message)
                 if frame is None or message.WhichOneof("message") != "event":
                     continue
-                seq = message.event.seq
-                self.recent.append((seq, frame))
-                for subscription in list(self.subscriptions):
-                    subscription.offer(seq, frame)
+                self.recent.append((message.event.seq, frame))
+                self.published += 1
+                published = self.published
+                for subscription in self.subscriptions:
+                    subscription.publish(published)
         except ComfyfleetError as err:
             log.info("watch of workflow %s ended: %s (%s)", self.workflow_id, err.message, err.reason)
         except asyncio.CancelledError:
@@ -160,23 +237,26 @@ class Feed:
         if self.ended:
             return
         self.ended = True
+        self._watch.cancel()  # here too: a pump task cancelled before it ran never reaches its finally
         for subscription in list(self.subscriptions):
             subscription.end()
         self._on_end(self)
 
 
 class Feeds:
-    """The shared feeds of this gateway process, by workflow id; owns their tasks."""
+    """The shared feeds of this gateway process, by workflow id; owns their tasks and the two
+    timers of all their subscriptions: the keep-alive tick and the stall check."""
 
     def __init__(self, render: Render, *, history: int = 128, capacity: int = 256,
-                 keepalive_seconds: float = 15.0) -> None:
+                 keepalive_seconds: float = 15.0, stall_seconds: float | None = None) -> None:
         self._render = render
         self.history = history
         self.capacity = capacity
         self.keepalive_seconds = keepalive_seconds
+        self.stall_seconds = stall_seconds
         self._shared: dict[str, Feed] = {}
         self._all: set[Feed] = set()
-        self._ticker: asyncio.Task[None] | None = None
+        self._timers: list[asyncio.Task[None]] = []
 
     def has(self, workflow_id: str) -> bool:
         feed = self._shared.get(workflow_id)
@@ -192,14 +272,17 @@ class Feeds:
     def open(self, workflow_id: str, watch: WorkflowWatch, start: int) -> Subscription:
         """A new feed over `watch` (which yields the events after `start`), with its first
         subscription. It is shared unless another feed of that workflow is running."""
-        feed = Feed(workflow_id, watch, start, self._render, self.history, self._ended)
+        feed = Feed(workflow_id, watch, start, self._render, self.history, self.capacity, self._ended)
         if not self.has(workflow_id):
             self._shared[workflow_id] = feed
         self._all.add(feed)
         subscription = feed.attach(start, self.capacity)
         feed.run()
-        if self._ticker is None:
-            self._ticker = asyncio.create_task(self._tick(), name="sse keep-alive tick")
+        if not self._timers:
+            self._timers.append(asyncio.create_task(self._tick(), name="sse keep-alive tick"))
+            if self.stall_seconds is not None:
+                self._timers.append(asyncio.create_task(self._check_stalls(self.stall_seconds),
+                                                        name="sse stall check"))
         return subscription
 
     def subscriber_count(self, workflow_id: str) -> int:
@@ -209,9 +292,9 @@ class Feeds:
         return len(self._all)
 
     async def close(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            await asyncio.gather(self._ticker, return_exceptions=True)
+        for timer in self._timers:
+            timer.cancel()
+        await asyncio.gather(*self._timers, return_exceptions=True)
         await asyncio.gather(*(feed.stop() for feed in list(self._all)))
 
     async def _tick(self) -> None:
@@ -222,6 +305,20 @@ class Feeds:
             for feed in list(self._all):
                 for subscription in list(feed.subscriptions):
                     subscription.tick()
+
+    async def _check_stalls(self, stall: float) -> None:
+        """Every stall/2 s: drops each subscription whose write in progress began `stall` s ago
+        or more (so a write that blocks is dropped after 1 to 1.5 x stall)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(stall / 2)
+            now = loop.time()
+            for feed in list(self._all):
+                for subscription in list(feed.subscriptions):
+                    since = subscription.writing_since
+                    if since is not None and now - since >= stall:
+                        log.info("dropped an SSE client that read nothing for %.1f s", now - since)
+                        subscription.stall()
 
     def _ended(self, feed: Feed) -> None:
         self._all.discard(feed)

@@ -16,9 +16,11 @@ from functools import cache
 from typing import Any
 
 from comfyfleet.scheduler.v1 import (
+    event_service_pb2,
     runner_service_pb2,
     template_service_pb2,
     user_service_pb2,
+    webhook_service_pb2,
     workflow_service_pb2,
 )
 from google.api import annotations_pb2
@@ -34,6 +36,8 @@ SERVICES = [
     runner_service_pb2.DESCRIPTOR.services_by_name["RunnerService"],
     template_service_pb2.DESCRIPTOR.services_by_name["TemplateService"],
     user_service_pb2.DESCRIPTOR.services_by_name["UserService"],
+    webhook_service_pb2.DESCRIPTOR.services_by_name["WebhookService"],
+    event_service_pb2.DESCRIPTOR.services_by_name["EventService"],
 ]
 ERROR_STATUSES = {"400": "bad input", "401": "missing, invalid or expired token", "403": "a tier limit",
                   "404": "absent or not yours", "409": "a state conflict", "413": "over the size limit",
@@ -69,18 +73,21 @@ _PARAMS_NOTE = "plus `$<name>` (text or file) and `#<name>` (choice) fields for 
 GATEWAY_ONLY = [
     FormRoute("post", "/v1/workflow", "WorkflowService.CreateWorkflow",
               f"Create and execute a workflow, {_PARAMS_NOTE}",
-              {"name": _TEXT, "workflow_json": _FILE, "tags": _TEXT, "priority": _PRIORITY},
+              {"name": _TEXT, "workflow_json": _FILE, "tags": _TEXT, "priority": _PRIORITY, "webhook_url": _TEXT},
               ("name", "workflow_json")),
     FormRoute("post", "/v1/workflow/{id}/rerun", "WorkflowService.RerunWorkflow",
               f"Rerun with only the fields to change, {_PARAMS_NOTE}", {"priority": _PRIORITY}),
     FormRoute("get", "/v1/workflow/{id}/subscribe", "WorkflowService.WatchWorkflow",
               "Server-Sent Events: a snapshot, then every event", status="200", sse=True),
+    FormRoute("get", "/v1/events", "EventService.WatchEvents",
+              "(+) Server-Sent Events: every event of the caller's workflows; id = the caller's event number, "
+              "data = the workflow stream's JSON plus workflow_id; ?workflow_id= filters", status="200", sse=True),
     FormRoute("post", "/v1/template", "TemplateService.CreateTemplate", "Save a template",
               {"name": _TEXT, "description": _TEXT, "body": _FILE}, ("name", "description", "body")),
     FormRoute("put", "/v1/template/{id}", "TemplateService.UpdateTemplate", "Change a template's fields",
               {"name": _TEXT, "description": _TEXT, "body": _FILE}, status="200"),
     FormRoute("post", "/v1/template/{id}/run", "TemplateService.RunTemplate", f"Run a template, {_PARAMS_NOTE}",
-              {"name": _TEXT, "tags": _TEXT, "priority": _PRIORITY}),
+              {"name": _TEXT, "tags": _TEXT, "priority": _PRIORITY, "webhook_url": _TEXT}),
 ]
 OUTPUT_SCHEMA: Json = {"type": "object", "properties": {
     "id": _TEXT, "workflow_id": _TEXT, "src": _TEXT, "filename": _TEXT, "content_type": _TEXT,

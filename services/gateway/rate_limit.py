@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.gateway.errors import error_body
 
@@ -61,9 +61,10 @@ def _key(scope: Scope) -> str:
 
 class RateLimitMiddleware:
     def __init__(self, app: ASGIApp, *, limit: int, window_seconds: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, limiter: RateLimiter | None = None) -> None:
         self.app = app
-        self.limiter = RateLimiter(limit, window_seconds) if limit > 0 else None
+        # `limiter`: one shared with the SSE route answered before the middleware (subscribe_routes.py)
+        self.limiter = limiter or (RateLimiter(limit, window_seconds) if limit > 0 else None)
         self.clock = clock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -72,14 +73,23 @@ class RateLimitMiddleware:
                 or path.startswith(EXEMPT_PREFIXES)):
             await self.app(scope, receive, send)
             return
-        wait = self.limiter.hit(_key(scope), self.clock())
-        if wait is None:
+        refused = refusal(self.limiter, scope, self.clock())
+        if refused is None:
             await self.app(scope, receive, send)
             return
-        window = f"{self.limiter.window:g}"
-        body = json.dumps(error_body(429, f"rate limit exceeded: {self.limiter.limit} requests per {window} seconds",
-                                     "RATE_LIMITED")).encode()
-        await send({"type": "http.response.start", "status": 429, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"retry-after", str(max(1, math.ceil(wait))).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        for message in refused:
+            await send(message)
+
+
+def refusal(limiter: RateLimiter, scope: Scope, now: float) -> tuple[Message, Message] | None:
+    """Counts the request of `scope`; the 429 answer (start and body) when over the limit, else None."""
+    wait = limiter.hit(_key(scope), now)
+    if wait is None:
+        return None
+    window = f"{limiter.window:g}"
+    body = json.dumps(error_body(429, f"rate limit exceeded: {limiter.limit} requests per {window} seconds",
+                                 "RATE_LIMITED")).encode()
+    return ({"type": "http.response.start", "status": 429, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                (b"retry-after", str(max(1, math.ceil(wait))).encode())]},
+            {"type": "http.response.body", "body": body})

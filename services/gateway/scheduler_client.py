@@ -8,17 +8,23 @@ use; `GrpcScheduler` implements it over a grpc.aio channel. Failed calls raise d
 
 from __future__ import annotations
 
+import hashlib
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import grpc
 from comfyfleet.scheduler.v1 import (
+    event_service_pb2,
+    event_service_pb2_grpc,
     runner_pb2,
     runner_service_pb2_grpc,
     template_service_pb2_grpc,
     user_pb2,
     user_service_pb2,
     user_service_pb2_grpc,
+    webhook_service_pb2_grpc,
     workflow_pb2,
     workflow_service_pb2,
     workflow_service_pb2_grpc,
@@ -30,11 +36,15 @@ from services.gateway.errors import from_grpc
 RPC_TIMEOUT_SECONDS = 10.0
 # CreateWorkflow commits a transaction and may validate a large graph.
 CREATE_TIMEOUT_SECONDS = 30.0
+# check_token: a token the scheduler accepted this long ago is not asked about again.
+TOKEN_CHECK_SECONDS = 5.0
+TOKEN_CHECK_SIZE = 1024
 
 Workflow = workflow_pb2.Workflow
 Runner = runner_pb2.Runner
 R = TypeVar("R")
 WatchMessage = workflow_service_pb2.WatchWorkflowResponse
+EventsMessage = event_service_pb2.WatchEventsResponse
 
 
 class WorkflowWatch(Protocol):
@@ -48,6 +58,7 @@ class Scheduler(Protocol):
     """What the gateway needs from the scheduler; `auth` is the caller's Authorization header."""
 
     async def get_user(self, auth: str) -> user_pb2.User: ...
+    async def check_token(self, auth: str) -> None: ...
     async def get_user_with_limits(self, auth: str) -> user_service_pb2.GetUserResponse: ...
     async def create_workflow(self, auth: str, request: workflow_service_pb2.CreateWorkflowRequest) -> Workflow: ...
     async def get_workflow(self, auth: str, workflow_id: str) -> Workflow: ...
@@ -58,10 +69,13 @@ class Scheduler(Protocol):
     async def rerun_workflow(self, auth: str, request: workflow_service_pb2.RerunWorkflowRequest) -> Workflow: ...
     async def delete_workflow(self, auth: str, workflow_id: str) -> None: ...
     def watch_workflow(self, auth: str, workflow_id: str, *, after_seq: int, from_start: bool) -> WorkflowWatch: ...
+    def watch_events(self, auth: str, *, after_user_seq: int, replay: bool, max_replay: int) -> EventsWatch: ...
     async def runners(self, auth: str, method: str, request: Any) -> Any:
         """A RunnerService method by name (CreateRunner, ListRunners, ...): its response."""
     async def templates(self, auth: str, method: str, request: Any) -> Any:
         """A TemplateService method by name (CreateTemplate, RunTemplate, ...): its response."""
+    async def webhooks(self, auth: str, method: str, request: Any) -> Any:
+        """A WebhookService method by name (CreateWebhook, ListWebhookDeliveries, ...): its response."""
 
 
 def _metadata(auth: str) -> tuple[tuple[str, str], ...]:
@@ -88,6 +102,30 @@ class GrpcWatch:
         self._call.cancel()
 
 
+class EventsWatch(Protocol):
+    """A running WatchEvents call (the fleet-wide stream)."""
+
+    async def next(self) -> EventsMessage | None: ...
+    def cancel(self) -> None: ...
+
+
+class GrpcEventsWatch:
+    """EventService.WatchEvents over gRPC: `next()` gives each message, None after the stream ends."""
+
+    def __init__(self, call: grpc.aio.UnaryStreamCall[event_service_pb2.WatchEventsRequest, EventsMessage]) -> None:
+        self._call = call
+
+    async def next(self) -> EventsMessage | None:
+        try:
+            message = await self._call.read()
+        except grpc.aio.AioRpcError as err:
+            raise from_grpc(err, "scheduler") from None
+        return message if isinstance(message, EventsMessage) else None
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
 class GrpcScheduler:
     """The scheduler over a grpc.aio channel."""
 
@@ -96,6 +134,9 @@ class GrpcScheduler:
         self._workflows = workflow_service_pb2_grpc.WorkflowServiceStub(channel)
         self._runners = runner_service_pb2_grpc.RunnerServiceStub(channel)
         self._templates = template_service_pb2_grpc.TemplateServiceStub(channel)
+        self._webhooks = webhook_service_pb2_grpc.WebhookServiceStub(channel)
+        self._events = event_service_pb2_grpc.EventServiceStub(channel)
+        self._accepted: OrderedDict[bytes, float] = OrderedDict()  # check_token: digest -> until
 
     async def templates(self, auth: str, method: str, request: Any) -> Any:
         call: Callable[..., Awaitable[Any]] = getattr(self._templates, method)
@@ -103,6 +144,10 @@ class GrpcScheduler:
 
     async def runners(self, auth: str, method: str, request: Any) -> Any:
         call: Callable[..., Awaitable[Any]] = getattr(self._runners, method)
+        return await _unary(call, request, auth)
+
+    async def webhooks(self, auth: str, method: str, request: Any) -> Any:
+        call: Callable[..., Awaitable[Any]] = getattr(self._webhooks, method)
         return await _unary(call, request, auth)
 
     async def get_user(self, auth: str) -> user_pb2.User:
@@ -113,6 +158,19 @@ class GrpcScheduler:
         except grpc.aio.AioRpcError as err:
             raise from_grpc(err, "scheduler") from None
         return response.user
+
+    async def check_token(self, auth: str) -> None:
+        """401 (from the scheduler) unless it accepts `auth`. A pre-check only: the call that
+        follows authenticates again, so a token accepted in the last TOKEN_CHECK_SECONDS is
+        not asked about again (a revocation meanwhile still fails that call)."""
+        digest = hashlib.sha256(auth.encode()).digest()
+        if self._accepted.get(digest, 0.0) > time.monotonic():
+            return
+        await self.get_user(auth)
+        self._accepted[digest] = time.monotonic() + TOKEN_CHECK_SECONDS
+        self._accepted.move_to_end(digest)
+        while len(self._accepted) > TOKEN_CHECK_SIZE:
+            self._accepted.popitem(last=False)
 
     async def get_user_with_limits(self, auth: str) -> user_service_pb2.GetUserResponse:
         return await _unary(self._users.GetUser, user_service_pb2.GetUserRequest(include_limits=True), auth)
@@ -182,6 +240,11 @@ class GrpcScheduler:
             id=workflow_id, after_seq=after_seq, from_start=from_start
         )
         return GrpcWatch(self._workflows.WatchWorkflow(request, metadata=_metadata(auth)))
+
+    def watch_events(self, auth: str, *, after_user_seq: int, replay: bool, max_replay: int) -> GrpcEventsWatch:
+        request = event_service_pb2.WatchEventsRequest(
+            after_user_seq=after_user_seq, replay=replay, max_replay=max_replay)
+        return GrpcEventsWatch(self._events.WatchEvents(request, metadata=_metadata(auth)))
 
 
 async def _unary(call: Callable[..., Awaitable[R]], request: Any, auth: str) -> R:

@@ -20,7 +20,7 @@ import json
 import logging
 import math
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import anyio
 from starlette.responses import StreamingResponse
@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 RETRY_MILLISECONDS = 3000
 HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+# The same response headers for a bare ASGI `http.response.start` (subscribe_routes.py).
+RAW_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-store"),
+               (b"x-accel-buffering", b"no")]
 
 T = TypeVar("T")
 
@@ -62,6 +65,15 @@ def comment(text: str) -> bytes:
 
 def _single_line(value: str) -> str:
     return value.replace("\r", " ").replace("\n", " ")
+
+
+def transport_of(send: Send) -> asyncio.WriteTransport | None:
+    """The connection's transport when the server shows it: uvicorn's ASGI `send` is a method
+    of its request cycle, which holds it. ASGI has no message that closes a connection whose
+    writes are blocked, so dropping a client that stopped reading needs it; None elsewhere."""
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    # uvloop's transports have asyncio's methods but do not subclass its classes
+    return cast(asyncio.WriteTransport, transport) if callable(getattr(transport, "abort", None)) else None
 
 
 async def with_keepalive(

@@ -2,12 +2,19 @@
 
 `Storage` is the small interface the routes use; `GrpcStorage` implements it over a
 grpc.aio channel. Failed calls raise domain errors (services.gateway.errors.from_grpc).
+
+A signed URL is reused for the same key for a moment (`PRESIGN_REUSE_SECONDS`, at most 2%
+of its lifetime): one workflow's output is presented by its `output` frame, the terminal
+`status` frame and often GET /outputs right after, and each would otherwise wait on a
+PresignObject round trip. The gateway's own deletes forget the URLs of what they deleted.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 import grpc
@@ -18,6 +25,9 @@ from services.gateway.errors import Unavailable, from_grpc
 
 MAX_CHUNK_BYTES = 1024 * 1024  # the PutObject contract: chunks of at most 1 MiB
 RPC_TIMEOUT_SECONDS = 10.0
+PRESIGN_REUSE_SECONDS = 2.0
+PRESIGN_REUSE_SHARE = 0.02  # of the URL's lifetime: a reused URL keeps at least 98% of it
+PRESIGN_CACHE_SIZE = 4096
 
 ObjectRef = object_pb2.ObjectRef
 
@@ -88,8 +98,13 @@ class GrpcUpload:
 class GrpcStorage:
     """Storage over a grpc.aio channel."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, *, presign_reuse_seconds: float = PRESIGN_REUSE_SECONDS,
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time) -> None:
         self._stub = storage_service_pb2_grpc.StorageServiceStub(channel)
+        self._reuse_seconds = presign_reuse_seconds
+        self._clock = clock  # when a URL stops being reused
+        self._wall_clock = wall_clock  # against the URL's expiry (unix seconds)
+        self._urls: OrderedDict[str, tuple[float, str]] = OrderedDict()  # key -> (reusable until, url)
 
     async def open_upload(self, key: str, content_type: str, max_size_bytes: int) -> GrpcUpload:
         call = self._stub.PutObject(metadata=outgoing_metadata())  # x-request-id (request_id.py)
@@ -132,15 +147,28 @@ class GrpcStorage:
             )
         except grpc.aio.AioRpcError as err:
             raise from_grpc(err, "storage") from None
+        finally:
+            for key in [k for k in self._urls if k.startswith(prefix)]:
+                del self._urls[key]
         return response.deleted_count
 
     async def presign(self, key: str) -> str:
+        cached = self._urls.get(key)
+        if cached is not None and self._clock() < cached[0]:
+            return cached[1]
         try:
             response = await self._stub.PresignObject(
                 storage_service_pb2.PresignObjectRequest(key=key), timeout=RPC_TIMEOUT_SECONDS
             )
         except grpc.aio.AioRpcError as err:
             raise from_grpc(err, "storage") from None
+        lifetime = response.expires_at.seconds - self._wall_clock() if response.HasField("expires_at") else 0.0
+        reuse = min(self._reuse_seconds, PRESIGN_REUSE_SHARE * lifetime)
+        if reuse > 0:
+            self._urls[key] = (self._clock() + reuse, response.url)
+            self._urls.move_to_end(key)
+            while len(self._urls) > PRESIGN_CACHE_SIZE:
+                self._urls.popitem(last=False)
         return response.url
 
 

@@ -106,7 +106,8 @@ async def run_template(request: Request) -> Response:
     async def submit(create: workflow_service_pb2.CreateWorkflowRequest) -> workflow_pb2.Workflow:
         reply = await gw.scheduler.templates(auth, "RunTemplate", pb.RunTemplateRequest(
             id=template_id, workflow_id=form.workflow_id, name=create.name, tags=create.tags,
-            inputs=create.inputs, priority=create.priority, idempotency_key=create.idempotency_key))
+            inputs=create.inputs, priority=create.priority, idempotency_key=create.idempotency_key,
+            webhook_url=create.webhook_url))
         workflow: workflow_pb2.Workflow = reply.workflow
         return workflow
 

@@ -1,8 +1,9 @@
 """The multipart form of POST /v1/workflow: field rules, and reading it into a CreateWorkflowRequest.
 
 Fields (API.md): `name` (1..200 characters), `workflow_json` (JSON text, usually a file
-part), `tags` (comma-separated), `priority` (low|normal|high), `$<name>` text -> a text
-input, `$<name>` file part -> an object streamed to storage as it arrives, `#<name>` -> a
+part), `tags` (comma-separated), `priority` (low|normal|high), `webhook_url` (+, where the
+scheduler may send it is checked there), `$<name>` text -> a text input, `$<name>` file
+part -> an object streamed to storage as it arrives, `#<name>` -> a
 choice. Anything else is a 400 that names the field. The graph and the placeholders are
 validated by the scheduler, not here.
 
@@ -31,6 +32,7 @@ PARAM_NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,255}")
 MAX_TEXT_FIELD_BYTES = 1024 * 1024
 MAX_WORKFLOW_JSON_BYTES = 4 * 1024 * 1024
 FILENAME_MAX_CHARS = 200
+WEBHOOK_URL_MAX_CHARS = 2048
 _UNSAFE_FILENAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 _MEDIA_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]{1,127}/[A-Za-z0-9!#$&^_.+-]{1,127}(;[ -~]{0,200})?")
 
@@ -70,6 +72,14 @@ def parse_priority(raw: str) -> workflow_pb2.Priority.ValueType:
     if priority is None:
         raise invalid_field("priority", "priority must be low, normal or high", value=raw)
     return priority
+
+
+def parse_webhook_url(raw: str) -> str:
+    """The URL's form only; where it may point is the scheduler's call (webhooks/targets.py)."""
+    url = raw.strip()
+    if not url or len(url) > WEBHOOK_URL_MAX_CHARS:
+        raise invalid_field("webhook_url", f"webhook_url must be a URL of 1 to {WEBHOOK_URL_MAX_CHARS} characters")
+    return url
 
 
 def parse_name(raw: str) -> str:
@@ -126,7 +136,8 @@ class CreateForm:
         # run all but workflow_json (the template is the graph), with name optional.
         self.mode = mode
         self.rerun = mode == "rerun"
-        self._refused = {"create": (), "rerun": ("name", "workflow_json", "tags"), "template": ("workflow_json",)}[mode]
+        self._refused = {"create": (), "rerun": ("name", "workflow_json", "tags", "webhook_url"),
+                         "template": ("workflow_json",)}[mode]
         self.input_prefix = f"inputs/{workflow_id}/"
         self.stored_files = False
         self._storage = storage
@@ -160,12 +171,15 @@ class CreateForm:
                 request.tags.extend(parse_tags(await _text(part)))
             elif field == "priority":
                 request.priority = parse_priority(await _text(part))
+            elif field == "webhook_url":
+                request.webhook_url = parse_webhook_url(await _text(part))
             elif field[:1] in ("$", "#") and len(field) > 1:
                 request.inputs.append(workflow_service_pb2.WorkflowInput(field=field, value=await _text(part)))
             else:
                 raise invalid_field(
                     field,
-                    f"unknown field {field!r}: expected name, workflow_json, tags, priority, $<name> or #<name>",
+                    f"unknown field {field!r}: expected name, workflow_json, tags, priority, webhook_url, "
+                    "$<name> or #<name>",
                     reason="UNKNOWN_FIELD",
                 )
         for required in ("name", "workflow_json") if self.mode == "create" else ():

@@ -44,7 +44,7 @@ async def create_workflow(request: Request) -> Response:
     """POST /v1/workflow: authenticate, stream the parts (files straight to storage), create."""
     gw = gateway(request)
     auth = bearer(request)
-    await gw.scheduler.get_user(auth)  # a bad token is a 401 before any byte of the body is read
+    await gw.scheduler.check_token(auth)  # a bad token is a 401 before any byte of the body is read
     form = CreateForm(str(uuid.uuid4()), gw.storage, max_file_bytes=gw.settings.max_request_bytes)
 
     async def submit(create: workflow_service_pb2.CreateWorkflowRequest) -> workflow_pb2.Workflow:

@@ -24,6 +24,10 @@ Every flag has an environment variable; a flag given on the command line wins ov
     --metrics-port    RUNNER_METRICS_PORT     GET /metrics over HTTP (0 = off)  9463
     --metrics-host    RUNNER_METRICS_HOST     address /metrics binds           127.0.0.1
     --log-format      COMFYFLEET_LOG_FORMAT   log lines as text or json        text
+                      COMFYFLEET_SERVICE_TOKEN[_FILE]  the suite's service token, shown to
+                                              storage (services/common/service_auth.py)
+                      COMFYFLEET_TLS_CERT_FILE, _KEY_FILE, _CA_FILE  mTLS to the scheduler
+                                              and storage (services/common/tls.py)
 
 Nothing else in the package reads `os.environ`.
 """
@@ -37,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.common.logs import LogFormat, parse_log_format
+from services.common.service_auth import PLAIN, ServiceSecurity
 from services.runner.errors import ConfigError
 
 
@@ -93,6 +98,8 @@ class RunnerSettings:
     metrics_port: int = 9463
     metrics_host: str = "127.0.0.1"
     log_format: LogFormat = "text"
+    # The service token shown to storage, and mTLS to the scheduler and storage.
+    security: ServiceSecurity = PLAIN
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -192,7 +199,15 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> RunnerSett
         metrics_port=_port("metrics port", pick(args.metrics_port, "RUNNER_METRICS_PORT") or "9463"),
         metrics_host=pick(args.metrics_host, "RUNNER_METRICS_HOST") or defaults.metrics_host,
         log_format=_log_format(pick(args.log_format, "COMFYFLEET_LOG_FORMAT") or "text"),
+        security=_security(environ),
     )
+
+
+def _security(environ: Mapping[str, str]) -> ServiceSecurity:
+    try:
+        return ServiceSecurity.from_env(environ)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _port(name: str, raw: str) -> int:

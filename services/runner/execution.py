@@ -7,7 +7,9 @@
     submitting values coerced to the node input types (comfy_schemas.coerce_prompt), then
                POST /prompt {prompt, client_id, prompt_id (ours)}, websocket already open
                400 -> invalid; 500/other -> failed; reset mid-request -> failed ComfyUIUnreachable
-    queued     position from GET /queue, re-read when a `status` broadcast changes the count
+    queued     position from GET /queue, re-read when a `status` broadcast changes the count; the
+               reads run beside the websocket (never in the way of its messages): `queued` goes
+               out when the first read answers, or as 0 (running) when the prompt starts first
     running    websocket messages -> events (comfyui_messages.PromptTracker)
     storing    each output: GET /view -> storage PutObject -> output_stored; then completed
 
@@ -59,8 +61,8 @@ from services.runner.errors import (
     ComfyUIServerError,
     ComfyUIUnreachable,
     InvalidAssignment,
-    StorageError,
 )
+from services.runner.input_upload import upload_inputs
 from services.runner.outbox import WorkflowKey
 from services.runner.output_store import store_outputs
 from services.runner.prompt_graph import (
@@ -69,10 +71,10 @@ from services.runner.prompt_graph import (
     node_errors_summary,
     node_types,
     parse_prompt,
-    queue_position,
     substitute_files,
     validation_message,
 )
+from services.runner.queue_reads import ANSWERED, QueueReads
 from services.runner.storage_client import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -137,6 +139,8 @@ class Execution:
         self._tracker: PromptTracker | None = None
         self._down_since: float | None = None
         self._position: int | None = None
+        self._queued_sent = True  # False from POST /prompt's answer until `queued` is emitted
+        self._queue_reads = QueueReads(comfyui, self.prompt_id, self._inbox)
 
     # -- control -------------------------------------------------------------------------------
 
@@ -175,6 +179,7 @@ class Execution:
             self._emit_to(self.key, event)
 
     def _finish(self, event: events.RunnerEvent) -> _Finished:
+        self._emit_queued()
         self._emit(event)
         self.state = State.DONE
         return _Finished()
@@ -197,6 +202,7 @@ class Execution:
         finally:
             self.state = State.DONE
             self._feed.unsubscribe(self.prompt_id)
+            self._queue_reads.cancel()
 
     async def _execute(self) -> None:
         self.state = State.PREPARING
@@ -210,7 +216,9 @@ class Execution:
             if converted is None:
                 raise self._finish(events.invalid(why, []))
             prompt = converted
-        names = await self._upload_inputs()
+        names = await upload_inputs(self.assignment, self._comfyui, self._storage)
+        if not isinstance(names, dict):
+            raise self._finish(names)
         self._emit(events.uploaded())
         prompt = coerce_prompt(substitute_files(prompt, names), self._schemas())
         self._tracker = PromptTracker(self.prompt_id, node_types(prompt), self._settings.progress_interval_s)
@@ -223,28 +231,6 @@ class Execution:
     async def _wait_for_comfyui(self) -> None:
         if not await self._feed.wait_connected(self._settings.comfyui_unready_after_s):
             raise self._finish(events.handed_back("ComfyUI unreachable: its websocket did not open"))
-
-    async def _upload_inputs(self) -> dict[str, str]:
-        names: dict[str, str] = {}
-        for item in self.assignment.inputs:
-            filename = item.filename or item.object.key.rsplit("/", 1)[-1]
-            try:
-                async with self._storage.get(item.object.key) as stored:
-                    uploaded = await self._comfyui.upload_image(
-                        filename,
-                        stored.ref.content_type or item.object.content_type,
-                        stored.chunks,
-                        subfolder=self.assignment.workflow_id,
-                    )
-            except StorageError as err:
-                raise self._finish(events.failed("InputUnavailable", f"input {item.param!r}: {err.message}")) from None
-            except ComfyUIUnreachable as err:  # nothing was run: another runner may
-                raise self._finish(events.handed_back(f"ComfyUI unreachable: {err.message}")) from None
-            except ComfyUIServerError as err:
-                message = f"upload of input {item.param!r} ({filename}) refused: HTTP {err.status} {err.text}".strip()
-                raise self._finish(events.failed("ComfyUIUploadFailed", message)) from None
-            names[item.param] = uploaded.reference
-        return names
 
     async def _submit(self, prompt: dict[str, Any]) -> None:
         self._feed.subscribe(self.prompt_id, self._inbox)
@@ -265,17 +251,30 @@ class Execution:
         if warnings:
             self._emit(events.warning(node_errors_summary(warnings)))
         self.state = State.QUEUED
-        self._position = await self._queue_position()
-        self._emit(events.queued(self.prompt_id, self._position or 0))
-        if self._cancel_requested:
-            await self._cancel_in_comfyui()
+        self._queued_sent = False
+        self._queue_reads.request()  # `queued` goes out when it answers (or when the prompt starts)
 
-    async def _queue_position(self) -> int | None:
-        try:
-            return queue_position(await self._comfyui.queue(), self.prompt_id)
-        except ComfyUIError as err:
-            log.info("GET /queue failed: %s", err.message)
-            return None
+    def _position_read(self) -> None:
+        answered, position = self._queue_reads.answer()
+        if not answered or self.state is not State.QUEUED:
+            return
+        if not self._queued_sent:
+            self._position = position
+            self._emit_queued()
+        elif position is not None and position != self._position:
+            self._position = position
+            self._emit(events.queued(self.prompt_id, position))
+        if self._queue_reads.asked_again:
+            self._queue_reads.request()
+
+    def _emit_queued(self) -> None:
+        """`queued` once ComfyUI accepted the prompt, before anything else of it: with the
+        position read, or 0 when the prompt got to run (or ended) before the read answered."""
+        if self._queued_sent:
+            return
+        self._queued_sent = True
+        self._queue_reads.cancel()
+        self._emit(events.queued(self.prompt_id, self._position or 0))
 
     # -- following the prompt ------------------------------------------------------------------
 
@@ -320,10 +319,9 @@ class Execution:
             elif isinstance(item, QueueStatus):
                 if self.state is State.QUEUED and item.queue_remaining != last_remaining:
                     last_remaining = item.queue_remaining
-                    position = await self._queue_position()
-                    if position is not None and position != self._position and self.state is State.QUEUED:
-                        self._position = position
-                        self._emit(events.queued(self.prompt_id, position))
+                    self._queue_reads.request()
+            elif item is ANSWERED:
+                self._position_read()
             elif isinstance(item, FeedDown):
                 self._down_since = self._down_since or now
             elif isinstance(item, FeedUp):
@@ -337,6 +335,7 @@ class Execution:
     async def _apply(self, steps: list[Step]) -> None:
         for step in steps:
             if isinstance(step, PromptStarted):
+                self._emit_queued()
                 self.state = State.RUNNING
                 self._emit(events.running(self.prompt_id))
             elif isinstance(step, NodesCached):

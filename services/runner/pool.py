@@ -151,7 +151,7 @@ async def _watch(settings: RunnerSettings, channel: grpc.aio.Channel, pool: Runn
 
 async def start_pool(settings: RunnerSettings, start: StartAgent) -> RunningPool:
     """Starts watching the registered runners; returns once the watch task is running."""
-    channel = failover_channel(settings.scheduler)  # like the sessions: follows a standby's takeover
+    channel = failover_channel(settings.scheduler, settings.security)  # like the sessions: follows a standby's takeover
     pool = RunnerPool(settings, start)
     task = asyncio.create_task(_watch(settings, channel, pool), name="runner pool watch")
     log.info("runner pool: scheduler %s, storage %s, %d slot(s) per runner", settings.scheduler, settings.storage,

@@ -76,7 +76,7 @@ async def start_runner(settings: RunnerSettings) -> RunningRunner:
     """Builds and starts every part; returns once the background tasks are running."""
     comfyui = ComfyUIClient(settings.comfyui_url, request_timeout_s=settings.comfyui_request_timeout_s,
                             headers=dict(settings.comfyui_headers))
-    storage = StorageClient(settings.storage)
+    storage = StorageClient(settings.storage, settings.security)
     feed = ComfyUIFeed(comfyui, f"comfyfleet-{uuid.uuid4()}", backoff=settings.comfyui_backoff)
     outbox = Outbox(window_s=settings.default_lease_s)
     watch = ComfyUIWatch(comfyui, feed, unready_after_s=settings.comfyui_unready_after_s)
@@ -107,6 +107,7 @@ async def start_runner(settings: RunnerSettings) -> RunningRunner:
             default_heartbeat_s=settings.default_heartbeat_s,
             default_lease_s=settings.default_lease_s,
         ),
+        settings.security,
     )
     tasks = [
         asyncio.create_task(feed.run(), name="comfyui feed"),

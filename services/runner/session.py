@@ -11,8 +11,10 @@ One stream at a time:
 
 When the stream breaks (the scheduler restarted or is unreachable), the held work keeps
 running and its events pile up in the outbox; the session reconnects with capped exponential
-backoff and jitter and says Hello again with `held` = what is still running plus whatever
-has events the scheduler may not have. `stop()` half-closes the stream and ends the loop.
+backoff and jitter (at most a quarter of the lease apart while it holds work, so that it is
+back before the scheduler gives that work to another runner) and says Hello again with
+`held` = what is still running plus whatever has events the scheduler may not have.
+`stop()` half-closes the stream and ends the loop.
 
 ComfyUI decides readiness (`Readiness`, see comfyui_watch.py): no Hello until ComfyUI answers
 (the runner takes no work meanwhile), and the stream is ended when ComfyUI stays unreachable
@@ -33,6 +35,7 @@ from comfyfleet.runner.v1 import runner_session_service_pb2 as pb
 from comfyfleet.runner.v1 import runner_session_service_pb2_grpc as pb_grpc
 
 from services.common.failover import failover_channel
+from services.common.service_auth import PLAIN, ServiceSecurity
 from services.runner.comfyui_watch import ComfyUIFacts
 from services.runner.config import Backoff
 from services.runner.errors import ComfyUIError
@@ -82,6 +85,18 @@ class _StreamEnded(Exception):
     pass
 
 
+# While it holds work, a runner retries at least this many times per lease: the scheduler
+# gives the work to another runner one lease after losing the stream (or after its restart).
+RETRIES_PER_LEASE = 4
+
+
+def reconnect_delay(backoff: Backoff, attempt: int, jitter: float, *, holding: bool, lease_s: float) -> float:
+    """The backoff's delay before reconnecting; at most lease / RETRIES_PER_LEASE while the
+    runner holds work (or has events to deliver), so that it is back before its lease ends."""
+    delay = backoff.delay(attempt, jitter)
+    return min(delay, lease_s / RETRIES_PER_LEASE) if holding and lease_s > 0 else delay
+
+
 class RunnerSession:
     def __init__(
         self,
@@ -91,8 +106,10 @@ class RunnerSession:
         outbox: Outbox,
         readiness: Readiness,
         settings: SessionSettings,
+        security: ServiceSecurity = PLAIN,
     ) -> None:
-        self._channel = failover_channel(target)  # one address, or active + standby schedulers
+        # one address, or active + standby schedulers; TLS when configured
+        self._channel = failover_channel(target, security)
         self._stub = pb_grpc.RunnerSessionServiceStub(self._channel)
         self._identity = identity
         self._handler = handler
@@ -136,7 +153,9 @@ class RunnerSession:
                 if self._stopping:
                     break
                 attempt = 0 if self._welcomed else attempt + 1
-                await asyncio.sleep(self._settings.backoff.delay(attempt, random.random()))
+                holding = bool(self._handler.held() or self._outbox.keys())
+                await asyncio.sleep(reconnect_delay(self._settings.backoff, attempt, random.random(),
+                                                    holding=holding, lease_s=self._outbox.window_s))
         finally:
             self._ended.set()
 

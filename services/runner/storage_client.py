@@ -20,6 +20,7 @@ from comfyfleet.storage.v1 import object_pb2, storage_service_pb2, storage_servi
 
 from services.common.errors import from_rpc_error
 from services.common.grpc_server import CHANNEL_OPTIONS
+from services.common.service_auth import PLAIN, ServiceSecurity
 from services.runner.errors import StorageError
 
 CHUNK_BYTES = 1024 * 1024
@@ -48,8 +49,8 @@ async def _rechunk(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
 class StorageClient:
     """`ObjectStore` over a grpc.aio channel to `target`; `close()` it when done."""
 
-    def __init__(self, target: str) -> None:
-        self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    def __init__(self, target: str, security: ServiceSecurity = PLAIN) -> None:
+        self._channel = security.channel(target, CHANNEL_OPTIONS)  # with the service token
         self._stub = storage_service_pb2_grpc.StorageServiceStub(self._channel)
 
     async def close(self) -> None:

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.common.logs import LogFormat, parse_log_format
+from services.common.service_auth import PLAIN, ServiceSecurity
 from services.scheduler.core.tiers import DEFAULT_LIMITS, TierLimits, parse_limits
+from services.scheduler.webhooks.settings import WebhookSettings
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,11 @@ class Settings:
     # (db/identity_store.py): a revocation by another process takes up to this long; 0 = off.
     # SCHEDULER_TOKEN_CACHE_SECONDS.
     token_cache_seconds: float = 10.0
+    # The service token it shows storage, and mTLS on its port and channels
+    # (COMFYFLEET_SERVICE_TOKEN[_FILE], COMFYFLEET_TLS_*: services/common/service_auth.py, tls.py).
+    security: ServiceSecurity = PLAIN
+    # Webhook deliveries: key, target policy, timeout, retry schedule (webhooks/settings.py).
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -60,6 +67,8 @@ class Settings:
             token_cache_seconds=float(e.get("SCHEDULER_TOKEN_CACHE_SECONDS", d.token_cache_seconds)),
             tier_limits=parse_limits(Path(e["SCHEDULER_LIMITS_FILE"]).read_text())
             if e.get("SCHEDULER_LIMITS_FILE") else d.tier_limits,
+            security=ServiceSecurity.from_env(e),
+            webhooks=WebhookSettings.from_env(e),
         )
 
     def __post_init__(self) -> None:
@@ -77,3 +86,10 @@ class Settings:
     @property
     def bootstrap_path(self) -> Path | None:
         return Path(self.bootstrap_dir) if self.bootstrap_dir else None
+
+    @property
+    def webhook_key_path(self) -> Path | None:
+        """SCHEDULER_WEBHOOK_KEY_FILE, else the development key beside the dev tokens; None = off."""
+        if self.webhooks.key_file:
+            return Path(self.webhooks.key_file)
+        return self.bootstrap_path / "webhook-key" if self.bootstrap_path is not None else None

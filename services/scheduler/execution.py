@@ -44,7 +44,7 @@ from services.scheduler.core.placement import PendingWorkflow, place
 from services.scheduler.core.state import Status, transition
 from services.scheduler.db.models import OutputRow, WorkflowRow
 from services.scheduler.db.pending_queue import PendingQueue
-from services.scheduler.db.workflow_store import WorkflowStore
+from services.scheduler.db.workflow_store import Change, WorkflowStore
 from services.scheduler.errors import IllegalTransition
 from services.scheduler.fleet import Fleet, Session
 from services.scheduler.hub import EventHub
@@ -54,6 +54,7 @@ from services.scheduler.workflows import log_event, status_event, stored_fields
 log = logging.getLogger(__name__)
 
 PLACEMENT_BATCH = 500
+PLACEMENT_MIN = 32  # the smallest batch a pass reads
 
 
 class _Skip(Exception):
@@ -103,21 +104,36 @@ class Execution:
                 self._wake.set()
 
     async def placement_pass(self) -> int:
-        if not self.fleet.sessions:
-            return 0
-        waiting = await self.queue.batch(PLACEMENT_BATCH)
+        """Reads a batch sized to the free slots (a pass per completion must not read
+        PLACEMENT_BATCH rows to fill one slot), and the full batch only when that one did not
+        fill them (tags no free runner has, another user's turn) and held more."""
+        free = sum(max(0, r.slots - r.in_flight) for r in self.fleet.snapshot() if r.enabled and r.connected)
+        if free == 0:
+            return 0  # the next release kicks again
+        limit = min(PLACEMENT_BATCH, max(PLACEMENT_MIN, 4 * free))
+        placed, read = await self._place(limit)
+        if placed < free and read >= limit and limit < PLACEMENT_BATCH:
+            more, read = await self._place(PLACEMENT_BATCH)
+            placed, limit = placed + more, PLACEMENT_BATCH
+        if read >= limit and placed:
+            self.kick()  # more may be waiting beyond this batch
+        return placed
+
+    async def _place(self, limit: int) -> tuple[int, int]:
+        """One placement over a batch of at most `limit` per priority: (placed, read)."""
+        waiting = await self.queue.batch(limit)
         pending = [PendingWorkflow(w.id, w.user_id, w.tags, priority=w.priority, arrival=w.created_at.timestamp(),
                                    may_use_shared=self.may_use_shared(w.user_id))
                    for w in waiting]
         decisions = place(pending, self.fleet.snapshot(), self._last_served)
         rows = await self.queue.rows([workflow_id for workflow_id, _ in decisions.bindings])
-        placed = 0
-        for workflow_id, runner_id in decisions.bindings:
-            if (row := rows.get(workflow_id)) is not None:
-                placed += await self._assign(row, runner_id)
-        if len(waiting) >= PLACEMENT_BATCH and placed:
-            self.kick()  # more may be waiting beyond this batch
-        return placed
+        # All at once: the assignments of a pass are queued together and share one transaction.
+        assigned = await asyncio.gather(*(self._assign(rows[workflow_id], runner_id)
+                                          for workflow_id, runner_id in decisions.bindings if workflow_id in rows),
+                                        return_exceptions=True)
+        if failed := [err for err in assigned if isinstance(err, BaseException)]:
+            raise failed[0]
+        return sum(n for n in assigned if isinstance(n, int)), len(waiting)
 
     async def _assign(self, row: WorkflowRow, runner_id: str) -> int:
         session = self.fleet.reserve(runner_id, row.id, row.attempt + 1)
@@ -188,12 +204,20 @@ class Execution:
     # -- runner events ---------------------------------------------------------------------
 
     async def on_event(self, session: Session, event: runner_event_pb2.RunnerEvent) -> None:
-        kind = event.WhichOneof("kind")
-        if kind == "handed_back":  # given back unrun (its ComfyUI unreachable): placed again, not counted
-            if session.held.get(event.workflow_id) == event.attempt:
+        """Applies one runner event and publishes what it changed (`event_arrived`, awaited)."""
+        if event.WhichOneof("kind") == "handed_back":  # given back unrun (its ComfyUI unreachable)
+            if session.held.get(event.workflow_id) == event.attempt:  # placed again, not counted
                 await self.requeue(session.runner_id, keep=frozenset(session.held) - {event.workflow_id},
                                    why=f"runner handed it back ({event.handed_back.reason})", counts=False)
             return
+        await self.event_arrived(session, event)
+
+    def event_arrived(self, session: Session, event: runner_event_pb2.RunnerEvent) -> asyncio.Future[None]:
+        """Queues the change the event makes at once (group commit: a session's events apply in
+        the order they arrive, many in one transaction) and returns a future that completes once
+        it is committed and published, or skipped (a late runner, a requeued attempt, a repeat by
+        runner_seq). Never raises: a change that fails is logged. Not for `handed_back`."""
+        kind = event.WhichOneof("kind")
         new_outputs: list[OutputRow] = []
         if kind == "output_stored":
             o = event.output_stored
@@ -212,12 +236,21 @@ class Execution:
             r.last_runner_seq = event.runner_seq
             return _apply(r, event, outputs)
 
+        queued = self.store.change_later(event.workflow_id, mutate, new_outputs=new_outputs)
+        return asyncio.ensure_future(self._event_applied(session, event, queued))
+
+    async def _event_applied(self, session: Session, event: runner_event_pb2.RunnerEvent,
+                             queued: asyncio.Future[Change]) -> None:
         try:
-            change = await self.store.change(event.workflow_id, mutate, new_outputs=new_outputs)
+            change = await queued
         except _Skip:
             return
         except IllegalTransition as err:
-            log.warning("runner %s sent %s for workflow %s: %s", session.name, kind, event.workflow_id, err)
+            log.warning("runner %s sent %s for workflow %s: %s", session.name, event.WhichOneof("kind"),
+                        event.workflow_id, err)
+            return
+        except Exception:
+            log.exception("event from runner %s could not be applied", session.name)
             return
         self.hub.publish(change.events)
         if Status(change.row.status).terminal:

@@ -1,4 +1,5 @@
-"""Fan-out of committed workflow events to watchers, one broadcaster per watched workflow.
+"""Fan-out of committed workflow events to watchers: one broadcaster per watched workflow, and
+one per user with a fleet-wide watch (every event of the user's workflows).
 
 Each watcher has a bounded queue. A watcher that falls `capacity` events behind is dropped
 (its queue gets the OVERFLOW marker); it reconnects with Last-Event-ID and loses nothing,
@@ -35,25 +36,43 @@ class Watcher:
 class EventHub:
     def __init__(self, capacity: int = 1024) -> None:
         self.capacity = capacity
-        self._watchers: dict[str, set[Watcher]] = {}
+        self._watchers: dict[str, set[Watcher]] = {}  # by workflow id
+        self._user_watchers: dict[str, set[Watcher]] = {}  # by user id
 
     @contextmanager
     def watch(self, workflow_id: str) -> Iterator[Watcher]:
+        with self._watch(self._watchers, workflow_id) as watcher:
+            yield watcher
+
+    @contextmanager
+    def watch_user(self, user_id: str) -> Iterator[Watcher]:
+        """Every event of the user's workflows (events carry their owner's user_id)."""
+        with self._watch(self._user_watchers, user_id) as watcher:
+            yield watcher
+
+    @contextmanager
+    def _watch(self, groups: dict[str, set[Watcher]], key: str) -> Iterator[Watcher]:
         watcher = Watcher(self.capacity)
-        self._watchers.setdefault(workflow_id, set()).add(watcher)
+        groups.setdefault(key, set()).add(watcher)
         try:
             yield watcher
         finally:
-            group = self._watchers.get(workflow_id)
+            group = groups.get(key)
             if group is not None:
                 group.discard(watcher)
                 if not group:
-                    del self._watchers[workflow_id]
+                    del groups[key]
 
     def publish(self, events: list[workflow_pb2.WorkflowEvent]) -> None:
         for event in events:
             for watcher in self._watchers.get(event.workflow_id, ()):
                 watcher.offer(event)
+            if self._user_watchers:
+                for watcher in self._user_watchers.get(event.user_id, ()):
+                    watcher.offer(event)
 
     def watcher_count(self, workflow_id: str) -> int:
         return len(self._watchers.get(workflow_id, ()))
+
+    def user_watcher_count(self, user_id: str) -> int:
+        return len(self._user_watchers.get(user_id, ()))

@@ -24,6 +24,7 @@ from sqlmodel import col, delete, select
 
 from services.common.errors import ComfyfleetError, from_rpc_error
 from services.common.grpc_server import CHANNEL_OPTIONS
+from services.common.service_auth import PLAIN, ServiceSecurity
 from services.scheduler.db.engine import Database
 from services.scheduler.db.models import OutputRow
 
@@ -39,8 +40,8 @@ class KeyDeleter(Protocol):
 class GrpcKeyDeleter:
     """DeleteObjects by key over its own channel to storage."""
 
-    def __init__(self, address: str) -> None:
-        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    def __init__(self, address: str, security: ServiceSecurity = PLAIN) -> None:
+        self._channel = security.channel(address, CHANNEL_OPTIONS)  # with the service token
         self._stub = storage_service_pb2_grpc.StorageServiceStub(self._channel)
 
     async def delete_keys(self, keys: Sequence[str]) -> int:
@@ -76,9 +77,9 @@ class OutputRetention:
 
     @classmethod
     def start(cls, db: Database, storage_address: str, *, retention_days: float,
-              interval_seconds: float) -> OutputRetention:
+              interval_seconds: float, security: ServiceSecurity = PLAIN) -> OutputRetention:
         """The sweeper, running unless retention_days is 0 (keep forever)."""
-        retention = cls(db, GrpcKeyDeleter(storage_address), retention=timedelta(days=retention_days),
+        retention = cls(db, GrpcKeyDeleter(storage_address, security), retention=timedelta(days=retention_days),
                         interval_seconds=interval_seconds)
         if retention_days > 0:
             retention._task = asyncio.create_task(retention._run(), name="output-retention")

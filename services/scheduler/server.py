@@ -18,21 +18,26 @@ from dataclasses import dataclass
 import grpc
 from comfyfleet.runner.v1 import runner_pool_service_pb2_grpc, runner_session_service_pb2_grpc
 from comfyfleet.scheduler.v1 import (
+    event_service_pb2_grpc,
     runner_service_pb2_grpc,
     template_service_pb2_grpc,
     user_service_pb2_grpc,
+    webhook_service_pb2_grpc,
     workflow_service_pb2_grpc,
 )
 
 from services.common.logs import configure_logging
 from services.common.metrics import start_metrics
+from services.common.service_auth import Credential, Rules
 from services.scheduler.bootstrap import ensure_dev_tokens
 from services.scheduler.config import Settings
 from services.scheduler.db.engine import Database
+from services.scheduler.db.event_numbers import UserEventLog
 from services.scheduler.db.identity_store import IdentityStore
 from services.scheduler.db.runner_store import RunnerStore
 from services.scheduler.db.template_store import TemplateStore
 from services.scheduler.db.workflow_store import WorkflowStore
+from services.scheduler.event_servicer import EventServicer
 from services.scheduler.execution import Execution
 from services.scheduler.fleet import Fleet
 from services.scheduler.hub import EventHub
@@ -48,6 +53,8 @@ from services.scheduler.standby import leadership_for, serve_when_active
 from services.scheduler.storage_client import StorageClient
 from services.scheduler.template_servicer import TemplateServicer
 from services.scheduler.templates import Templates
+from services.scheduler.webhooks.runtime import WebhookRuntime
+from services.scheduler.webhooks.servicer import WebhookServicer, WebhookTemplateServicer, WebhookWorkflowServicer
 from services.scheduler.workflow_servicer import UserServicer, WorkflowServicer
 from services.scheduler.workflows import Workflows
 
@@ -58,9 +65,22 @@ SERVICE_NAMES = [
     "comfyfleet.scheduler.v1.UserService",
     "comfyfleet.scheduler.v1.RunnerService",
     "comfyfleet.scheduler.v1.TemplateService",
+    "comfyfleet.scheduler.v1.WebhookService",
+    "comfyfleet.scheduler.v1.EventService",
     "comfyfleet.runner.v1.RunnerSessionService",
     "comfyfleet.runner.v1.RunnerPoolService",
 ]
+# Who may call what (services/common/service_auth.py): a runner session shows its runner token
+# in Hello, a pool watch an administrator's pool token; every other service (and any added to
+# SERVICE_NAMES later) takes the caller's user token, which its servicer checks.
+CREDENTIALS = {
+    "comfyfleet.runner.v1.RunnerSessionService": {Credential.RUNNER},
+    "comfyfleet.runner.v1.RunnerPoolService": {Credential.POOL},
+}
+
+
+def rules() -> Rules:
+    return {f"/{name}/": CREDENTIALS.get(name, {Credential.USER}) for name in SERVICE_NAMES}
 
 
 @dataclass
@@ -82,6 +102,7 @@ class SchedulerApp:
     sweeper: InputSweeper
     retention: OutputRetention | None = None
     pool: RunnerPoolServicer | None = None
+    webhooks: WebhookRuntime | None = None
 
     @classmethod
     async def start(cls, settings: Settings) -> SchedulerApp:
@@ -93,7 +114,7 @@ class SchedulerApp:
         store = WorkflowStore(db)
         hub = EventHub()
         fleet = Fleet()
-        storage = StorageClient(settings.storage_address)
+        storage = StorageClient(settings.storage_address, settings.security)
         runner_store, template_store = RunnerStore(db), TemplateStore(db)
         limits = Limits(settings.tier_limits, store, runner_store, template_store)
         sweeper = InputSweeper(storage)
@@ -109,17 +130,28 @@ class SchedulerApp:
         placement = asyncio.create_task(execution.run_placement(), name="placement")
         execution.kick()
         retention = OutputRetention.start(db, settings.storage_address, retention_days=settings.output_retention_days,
-                                          interval_seconds=settings.retention_sweep_seconds)
+                                          interval_seconds=settings.retention_sweep_seconds, security=settings.security)
+        webhooks = await WebhookRuntime.start(
+            settings.webhooks, settings.webhook_key_path, generated_key=not settings.webhooks.key_file, db=db,
+            hub=hub, workflow_exists=workflows.get)
         return cls(settings, db, identity, store, storage, execution, workflows, runners, templates, limits,
-                   sessions, placement, sweeper, retention, RunnerPoolServicer(identity, runner_store, pool_changes))
+                   sessions, placement, sweeper, retention, RunnerPoolServicer(identity, runner_store, pool_changes),
+                   webhooks)
 
     def register(self, server: grpc.aio.Server) -> None:
         workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server(
-            WorkflowServicer(self.identity, self.workflows), server)
+            WorkflowServicer(self.identity, self.workflows) if self.webhooks is None
+            else WebhookWorkflowServicer(self.identity, self.workflows, self.webhooks.webhooks), server)
         user_service_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(self.identity, self.limits), server)
         runner_service_pb2_grpc.add_RunnerServiceServicer_to_server(RunnerServicer(self.identity, self.runners), server)
         template_service_pb2_grpc.add_TemplateServiceServicer_to_server(
-            TemplateServicer(self.identity, self.templates), server)
+            TemplateServicer(self.identity, self.templates) if self.webhooks is None
+            else WebhookTemplateServicer(self.identity, self.templates, self.webhooks.webhooks), server)
+        if self.webhooks is not None:
+            webhook_service_pb2_grpc.add_WebhookServiceServicer_to_server(
+                WebhookServicer(self.identity, self.webhooks.webhooks), server)
+        event_service_pb2_grpc.add_EventServiceServicer_to_server(
+            EventServicer(self.identity, UserEventLog(self.db), self.execution.hub), server)
         runner_session_service_pb2_grpc.add_RunnerSessionServiceServicer_to_server(self.sessions, server)
         if self.pool is not None:
             runner_pool_service_pb2_grpc.add_RunnerPoolServiceServicer_to_server(self.pool, server)
@@ -138,6 +170,8 @@ class SchedulerApp:
             await self.retention.close()
         await self.sessions.close()
         await self.sweeper.close()
+        if self.webhooks is not None:
+            await self.webhooks.close()
         await self.storage.close()
         await self.db.close()
 
@@ -153,7 +187,8 @@ async def run(settings: Settings) -> int:
 
     try:
         return await serve_when_active(settings.listen, leadership_for(settings.database_url), start,
-                                       service_names=SERVICE_NAMES)
+                                       service_names=SERVICE_NAMES, auth=settings.security.server_auth(rules()),
+                                       tls=settings.security.tls)
     finally:
         if listener is not None:
             await listener.close()

@@ -9,6 +9,7 @@ A heartbeat that says `draining` (the runner is shutting down) stops new assignm
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -33,6 +34,8 @@ from services.scheduler.pool_servicer import pool_user
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_SECONDS = 10.0
+# Events of one session queued and not yet committed, at most.
+EVENTS_IN_FLIGHT = 256
 
 
 class RunnerSessionServicer(session_grpc.RunnerSessionServiceServicer):
@@ -167,28 +170,49 @@ class RunnerSessionServicer(session_grpc.RunnerSessionServiceServicer):
         return session, welcome
 
     async def _read(self, session: Session, requests: AsyncIterator[session_pb2.ConnectRequest]) -> None:
+        """Events are queued for the group commit as they arrive, without waiting for the one
+        before to commit (so a burst shares a transaction); they apply in arrival order. At most
+        EVENTS_IN_FLIGHT wait at a time: then reading waits too, and gRPC flow control holds
+        the runner back."""
         last_touch = 0.0
-        async for message in requests:
-            now = time.monotonic()
-            session.last_heard = now
-            kind = message.WhichOneof("message")
-            if kind == "event":
-                # An event that arrived is applied and published whole, even if the session ends
-                # meanwhile: a change committed but never published would leave watchers waiting
-                # for a terminal event they never get.
-                applying = asyncio.ensure_future(self.execution.on_event(session, message.event))
-                try:
-                    await asyncio.shield(applying)
-                except asyncio.CancelledError:
-                    self.store.db.adopt(applying)
-                    raise
-                except Exception:
-                    log.exception("event from runner %s could not be applied", session.name)
-            elif kind == "heartbeat":
-                if message.heartbeat.draining and not session.draining:
-                    session.draining = True  # shutting down: nothing new for it (Fleet.snapshot)
-                    log.info("runner %s is draining", session.name)
-                if now - last_touch > 30:
-                    last_touch = now
-                    await self.identity.touch_runner(session.runner_id)
+        applying: collections.deque[asyncio.Future[None]] = collections.deque()
+        try:
+            async for message in requests:
+                now = time.monotonic()
+                session.last_heard = now
+                kind = message.WhichOneof("message")
+                if kind == "event":
+                    while applying and applying[0].done():
+                        applying.popleft()
+                    if message.event.WhichOneof("kind") == "handed_back":
+                        # A requeue reads the rows: the events before it must be in first.
+                        await asyncio.shield(asyncio.gather(*applying))
+                        handing = asyncio.ensure_future(self.execution.on_event(session, message.event))
+                        try:
+                            await asyncio.shield(handing)
+                        except asyncio.CancelledError:
+                            self.store.db.adopt(handing)
+                            raise
+                        except Exception:
+                            log.exception("event from runner %s could not be applied", session.name)
+                    else:
+                        # An event that arrived is applied and published whole, even if the session
+                        # ends meanwhile: a change committed but never published would leave
+                        # watchers waiting for a terminal event they never get. (Never raises.)
+                        applying.append(self.execution.event_arrived(session, message.event))
+                    if len(applying) >= EVENTS_IN_FLIGHT:
+                        await asyncio.shield(applying[0])
+                elif kind == "heartbeat":
+                    if message.heartbeat.draining and not session.draining:
+                        session.draining = True  # shutting down: nothing new for it (Fleet.snapshot)
+                        log.info("runner %s is draining", session.name)
+                    if now - last_touch > 30:
+                        last_touch = now
+                        await self.identity.touch_runner(session.runner_id)
+            # The runner closed its side: the stream ends once what it sent is in.
+            await asyncio.shield(asyncio.gather(*applying))
+        finally:
+            for pending in applying:
+                if not pending.done():
+                    self.store.db.adopt(pending)  # Database.close waits for them
         session.close()  # the runner closed its side

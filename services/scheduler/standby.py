@@ -37,6 +37,8 @@ from sqlalchemy.pool import NullPool
 
 from services.common.grpc_server import SERVER_OPTIONS
 from services.common.grpc_telemetry import server_interceptors
+from services.common.service_auth import ServiceAuth
+from services.common.tls import TlsFiles, bind
 
 log = logging.getLogger(__name__)
 
@@ -189,17 +191,20 @@ async def serve_when_active(
     *,
     service_names: list[str],
     grace: float = 5.0,
+    auth: ServiceAuth | None = None,
+    tls: TlsFiles | None = None,
 ) -> int:
     """Listens on `address` as a standby, serves once `leadership` is acquired, until a
-    signal (returns 0) or the leadership is lost (returns 1)."""
+    signal (returns 0) or the leadership is lost (returns 1). `auth` and `tls` as in
+    grpc_server.serve."""
     gate = _Gate()
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=server_interceptors())
+    interceptors = [*server_interceptors(), *([auth] if auth is not None else [])]
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
     server.add_generic_rpc_handlers((gate,))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    if server.add_insecure_port(address) == 0:
-        raise OSError(f"cannot bind {address}")
+    bind(server, address, tls)
     await _set_health(health_servicer, service_names, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
     log.info("listening on %s; NOT_SERVING until this scheduler is the active one", address)

@@ -12,6 +12,7 @@ from comfyfleet.storage.v1 import object_pb2, storage_service_pb2, storage_servi
 
 from services.common.errors import ComfyfleetError, Unavailable, from_rpc_error
 from services.common.grpc_server import CHANNEL_OPTIONS
+from services.common.service_auth import PLAIN, ServiceSecurity
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +25,8 @@ class ObjectStore(Protocol):
 
 
 class StorageClient:
-    def __init__(self, address: str) -> None:
-        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    def __init__(self, address: str, security: ServiceSecurity = PLAIN) -> None:
+        self._channel = security.channel(address, CHANNEL_OPTIONS)  # with the service token
         self._stub = storage_service_pb2_grpc.StorageServiceStub(self._channel)
 
     async def delete_prefix(self, prefix: str) -> int:

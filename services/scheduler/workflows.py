@@ -24,6 +24,7 @@ from services.scheduler import idempotency
 from services.scheduler.core import placeholders
 from services.scheduler.core.graph import check_links, normalise_tags, parse_graph
 from services.scheduler.core.state import Status, transition
+from services.scheduler.db.creates import OpenLimitReached
 from services.scheduler.db.identity_store import IdentityStore
 from services.scheduler.db.models import OutputRow, UserRow, WorkflowRow
 from services.scheduler.db.workflow_store import WorkflowStore
@@ -39,7 +40,7 @@ from services.scheduler.errors import (
 from services.scheduler.fleet import Fleet
 from services.scheduler.hub import OVERFLOW, EventHub
 from services.scheduler.idempotency import Claim
-from services.scheduler.limits import Limits
+from services.scheduler.limits import Limits, over
 from services.scheduler.records import PB_TO_STATUS, utcnow, workflow_pb
 from services.scheduler.storage_client import ObjectStore
 
@@ -118,8 +119,8 @@ class Workflows:
         fields = [placeholders.FieldValue(i.field, i.value, i.HasField("object")) for i in req.inputs]
         binding = placeholders.bind(found, fields)
         await self._check_tags_can_match(user, tags)
-        if self.limits is not None:
-            await self.limits.check_new_workflow(user)
+        # The concurrent_workflows limit is checked by the create's own transaction (one trip).
+        max_open = self.limits.of(user).concurrent_workflows if self.limits is not None else None
 
         now = utcnow()
         preview = []
@@ -148,12 +149,15 @@ class Workflows:
             created_at=now,
             updated_at=now,
         )
-        change = await self.store.create(row, claim)
+        try:
+            change = await self.store.create(row, claim, max_open=max_open)
+        except OpenLimitReached as err:
+            raise over("concurrent_workflows", max_open or 0, err.used) from None
         if change.replayed is not None:  # the same request raced this one and won
             return change.replayed
         self.hub.publish(change.events)
         self.kick()
-        return workflow_pb(change.row)
+        return change.events[0].status.workflow  # workflow_pb(change.row), made once by the store
 
     async def rerun(self, user: UserRow, req: workflow_service_pb2.RerunWorkflowRequest) -> workflow_pb2.Workflow:
         """A new workflow from `req.id`: same name, tags, graph; `req.inputs` replace stored fields."""
@@ -278,12 +282,14 @@ class Workflows:
     async def watch(
         self, user: UserRow, req: workflow_service_pb2.WatchWorkflowRequest
     ) -> AsyncIterator[workflow_service_pb2.WatchWorkflowResponse]:
-        """Snapshot (unless resuming), stored events after the cursor, then live ones."""
-        await self.store.get(req.id, user.id)  # NotFound before anything is sent
+        """Snapshot (unless resuming), stored events after the cursor, then live ones.
+
+        One read of the row, after the watcher is registered: every event committed after it
+        reaches the watcher, every one before it is in the row or in the log."""
         with self.hub.watch(req.id) as watcher:
+            row, outputs = await self.store.get(req.id, user.id)  # NotFound before anything is sent
             last = req.after_seq
             if req.after_seq == 0 and not req.from_start:
-                row, outputs = await self.store.get(req.id)
                 yield workflow_service_pb2.WatchWorkflowResponse(snapshot=workflow_pb(row, outputs))
                 if Status(row.status).terminal:
                     return
@@ -298,7 +304,6 @@ class Workflows:
                 if len(batch) < 500:
                     break
             # Resuming at or past the end of a finished workflow: nothing more will come.
-            row, _ = await self.store.get(req.id)
             if Status(row.status).terminal and row.last_seq <= last:
                 return
             while True:

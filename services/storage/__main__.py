@@ -18,6 +18,8 @@ def main() -> int:
     log = logging.getLogger("services.storage")
     try:
         settings = load_settings(os.environ)
+        if not settings.security.service_token:  # else anyone reaching the port could read every object
+            raise SettingsError("COMFYFLEET_SERVICE_TOKEN or COMFYFLEET_SERVICE_TOKEN_FILE is required")
         configure_logging(settings.log_format)
         log.info(
             "storage: backend=%s %s listen=%s public_url=%s",

@@ -23,6 +23,8 @@
     STORAGE_METRICS_PORT           9462                    GET /metrics over HTTP on the host of
                                                            STORAGE_LISTEN (0 = off)
     COMFYFLEET_LOG_FORMAT          text                    log lines as "text" or "json"
+    COMFYFLEET_SERVICE_TOKEN[_FILE] (required to serve)    every call must carry it (service_auth.py)
+    COMFYFLEET_TLS_CERT_FILE/KEY_FILE/CA_FILE (unset)      mTLS on the gRPC port (services/common/tls.py)
 
 Only this module reads os.environ-like mappings; it also reads (or creates) the key file,
 once, at start, before the event loop runs.
@@ -39,6 +41,7 @@ from pathlib import Path
 from typing import Literal, cast
 
 from services.common.logs import LogFormat, parse_log_format
+from services.common.service_auth import PLAIN, ServiceSecurity
 from services.storage.errors import SettingsError
 
 BackendKind = Literal["local", "s3"]
@@ -78,6 +81,7 @@ class Settings:
     s3: S3Settings | None = None  # set when backend == "s3"
     metrics_port: int = 9462
     log_format: LogFormat = "text"
+    security: ServiceSecurity = PLAIN
 
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
@@ -92,6 +96,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         url_ttl_seconds=_ttl(environ.get("STORAGE_URL_TTL_SECONDS") or str(defaults.url_ttl_seconds)),
         metrics_port=_port("STORAGE_METRICS_PORT", environ.get("STORAGE_METRICS_PORT") or str(defaults.metrics_port)),
         log_format=_log_format(environ.get("COMFYFLEET_LOG_FORMAT") or defaults.log_format),
+        security=_security(environ),
     )
     if settings.backend == "s3":
         settings = dataclasses.replace(settings, s3=_s3(environ))
@@ -101,6 +106,13 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     if len(key_text) < MIN_SIGNING_KEY_CHARS:
         raise SettingsError(f"STORAGE_URL_SIGNING_KEY must be at least {MIN_SIGNING_KEY_CHARS} characters")
     return dataclasses.replace(settings, url_signing_key=key_text.encode("utf-8"))
+
+
+def _security(environ: Mapping[str, str]) -> ServiceSecurity:
+    try:
+        return ServiceSecurity.from_env(environ)
+    except ValueError as err:
+        raise SettingsError(str(err)) from None
 
 
 def load_or_create_key(path: Path) -> bytes:

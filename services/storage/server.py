@@ -7,6 +7,7 @@ from comfyfleet.storage.v1 import storage_service_pb2_grpc
 
 from services.common.grpc_server import serve
 from services.common.metrics import start_metrics
+from services.common.service_auth import Credential
 from services.storage.backend import Backend
 from services.storage.config import Settings
 from services.storage.local_backend import LocalBackend
@@ -15,6 +16,8 @@ from services.storage.s3_backend import S3Backend
 from services.storage.servicer import StorageServicer
 
 SERVICE_NAME = "comfyfleet.storage.v1.StorageService"
+# Every storage method is a service-to-service call (gateway, scheduler, runners).
+RULES = {f"/{SERVICE_NAME}/": {Credential.SERVICE}}
 
 
 async def open_backend(settings: Settings) -> Backend:
@@ -51,6 +54,8 @@ async def run(settings: Settings) -> None:
             lambda server: register(server, servicer),
             service_names=[SERVICE_NAME],
             on_stop=backend.close,
+            auth=settings.security.server_auth(RULES),
+            tls=settings.security.tls,
         )
     finally:
         if metrics is not None:

@@ -12,11 +12,14 @@ from tests.api.conftest import Api
 EXPECTED_OPERATIONS = {
     ("post", "/v1/workflow"), ("get", "/v1/workflow"), ("get", "/v1/workflow/{id}"),
     ("delete", "/v1/workflow/{id}"), ("post", "/v1/workflow/{id}/cancel"), ("post", "/v1/workflow/{id}/rerun"),
-    ("get", "/v1/workflow/{id}/subscribe"), ("get", "/v1/workflow/{id}/outputs"),
+    ("get", "/v1/workflow/{id}/subscribe"), ("get", "/v1/workflow/{id}/outputs"), ("get", "/v1/events"),
     ("post", "/v1/runner"), ("get", "/v1/runner"), ("get", "/v1/runner/{id}"), ("put", "/v1/runner/{id}"),
     ("delete", "/v1/runner/{id}"), ("post", "/v1/runner/{id}/interrupt"), ("post", "/v1/runner-token"),
     ("post", "/v1/template"), ("get", "/v1/template"), ("get", "/v1/template/{id}"), ("put", "/v1/template/{id}"),
     ("delete", "/v1/template/{id}"), ("post", "/v1/template/{id}/run"), ("get", "/v1/user"),
+    ("post", "/v1/webhook"), ("get", "/v1/webhook"), ("get", "/v1/webhook/{id}"), ("delete", "/v1/webhook/{id}"),
+    ("get", "/v1/webhook/{id}/deliveries"), ("post", "/v1/webhook/{id}/deliveries/{delivery_id}/redeliver"),
+    ("get", "/v1/webhook-secret"), ("get", "/v1/workflow/{id}/webhook-deliveries"),
     ("get", "/healthz"), ("get", "/readyz"), ("get", "/metrics"), ("get", "/openapi.json"),
 }
 

@@ -8,6 +8,7 @@ WatchWorkflow that honours `after_seq` (stored events, then live ones) like the 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -198,14 +199,34 @@ class SilentClient:
         return [int(line[4:]) for frame in frames for line in frame.split("\n") if line.startswith("id: ")]
 
 
+class ServerErrors(logging.Handler):
+    """Records what uvicorn logs at ERROR (such as a response it had to cut off itself)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 async def test_a_stalled_subscriber_is_dropped_and_a_fast_one_keeps_receiving_in_time(
     make_stack: Callable[..., AbstractAsyncContextManager[Stack]],
 ) -> None:
+    server_errors = ServerErrors()
+    await stall_and_resume(make_stack, server_errors)
+    assert server_errors.messages == [], "the stalled client's response was ended cleanly"
+
+
+async def stall_and_resume(make_stack: Callable[..., AbstractAsyncContextManager[Stack]],
+                           server_errors: logging.Handler) -> None:
     scheduler = LiveScheduler()
     # 8 MB of frames at 100 a second: more than the kernel buffers for a socket (up to 4 MiB
     # on the sending side here) and the server's 64 KiB, so writes to the silent client block.
     count, size = 400, 20_000
     async with make_stack(scheduler, sse_stall_seconds=STALL, sse_buffer_frames=10_000) as stack:  # the stall decides
+        uvicorn_log = logging.getLogger("uvicorn.error")  # configured (handlers reset) by the stack's start
+        uvicorn_log.addHandler(server_errors)
         url = f"/v1/workflow/{WF}/subscribe"
         resume = {**AUTH, "Last-Event-ID": "0"}
         slow = SilentClient(stack.base_url, url, resume)
@@ -220,6 +241,7 @@ async def test_a_stalled_subscriber_is_dropped_and_a_fast_one_keeps_receiving_in
         slow_ids = await asyncio.wait_for(slow.read_ids(), 10)  # what was sent to it, then the close
         async with stack.client.stream("GET", url, headers={**AUTH, "Last-Event-ID": str(slow_ids[-1])}) as again:
             rest = await read_ids(again)
+        uvicorn_log.removeHandler(server_errors)
 
     assert fast_ids == list(range(1, count + 1))
     latency = sorted(arrivals[seq] - scheduler.published_at[seq] for seq in fast_ids)

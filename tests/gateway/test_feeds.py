@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 from comfyfleet.scheduler.v1 import workflow_pb2, workflow_service_pb2
 
@@ -36,17 +37,17 @@ async def render(message: Watch) -> bytes | None:
 
 
 async def drain(subscription: Subscription, idle: float = 0.05) -> list[int | None]:
-    """The seqs queued for `subscription`, then None if it ended (else it went idle)."""
+    """The seqs waiting for `subscription`, then None if it ended (else it went idle)."""
     got: list[int | None] = []
     while True:
         try:
-            frame = await asyncio.wait_for(subscription.next(), idle)
+            frames = await asyncio.wait_for(subscription.next(), idle)
         except TimeoutError:
             return got
-        assert frame is not IDLE
-        got.append(None if frame is None else int(frame))
-        if frame is None:
-            return got
+        assert frames is not IDLE
+        if frames is None:
+            return [*got, None]
+        got += [int(line) for line in frames.splitlines()]  # several frames come at once
 
 
 async def test_a_full_queue_drops_only_that_subscriber() -> None:
@@ -78,12 +79,18 @@ async def test_keepalives_go_only_to_subscriptions_that_were_quiet_for_a_tick() 
     busy = feeds.join(WF, 0)
     assert busy is not None
     got: list[object] = []
+
+    async def read() -> None:
+        while (item := await busy.next()) is not None:
+            got.append(item)
+
+    reader = asyncio.create_task(read())
     for seq in range(1, 9):  # an event every 0.02 s for 0.16 s: about three ticks
         watch.put(seq)
         await asyncio.sleep(0.02)
-        while not busy._queue.empty():
-            got.append(busy._queue.get_nowait())
-    assert got == [f"{n}\n".encode() for n in range(1, 9)], "no keep-alive between frames"
+    reader.cancel()
+    assert IDLE not in got, "no keep-alive between frames"
+    assert b"".join(cast(list[bytes], got)) == b"".join(f"{n}\n".encode() for n in range(1, 9))
     first.cancel()
     lonely = feeds.join(WF, 8)
     assert lonely is not None

@@ -177,3 +177,37 @@ async def test_a_watch_that_fails_midway_just_ends_the_stream(stack: Stack) -> N
     assert reply.status_code == 200
     # The client reconnects with Last-Event-ID 3 and misses nothing.
     assert [f.get("id") for f in parse(raw)[1:]] == ["2", "3"]
+
+
+async def test_the_stream_carries_the_request_id_and_counts_in_the_metrics(stack: Stack) -> None:
+    stack.scheduler.workflows[WF] = make_workflow(WF)
+    stack.scheduler.watch_scripts[WF] = [snapshot(2), LIFE[-1]]
+    reply, raw = await read_stream(stack, {"X-Request-ID": "sse-request-1"})
+    assert reply.headers["x-request-id"] == "sse-request-1"
+    assert parse(raw)[-1]["event"] == "status"
+    metrics = (await stack.client.get("/metrics")).text
+    route = 'route="/v1/workflow/{id}/subscribe"'
+    assert any(line.startswith("comfyfleet_http_requests_total{") and route in line and 'status="200"' in line
+               for line in metrics.splitlines()), metrics
+    assert "comfyfleet_sse_subscribers 0.0" in metrics
+
+
+async def test_subscribing_shares_the_rate_limit_of_the_other_routes(make_stack: Any) -> None:
+    async with make_stack(rate_limit_requests=2, rate_limit_window_seconds=60) as stack:
+        stack.scheduler.workflows[WF] = make_workflow(WF)
+        stack.scheduler.watch_scripts[WF] = [snapshot(2), LIFE[-1]]
+        assert (await stack.client.get(f"/v1/workflow/{WF}", headers=AUTH)).status_code == 200
+        reply, _ = await read_stream(stack)
+        assert reply.status_code == 200
+        refused = await stack.client.get(f"/v1/workflow/{WF}/subscribe", headers={**AUTH, "X-Request-ID": "r-429"})
+        assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+        assert refused.json()["reason"] == "RATE_LIMITED" and refused.headers["x-request-id"] == "r-429"
+        assert (await stack.client.get(f"/v1/workflow/{WF}", headers=AUTH)).status_code == 429
+
+
+async def test_head_answers_the_headers_and_ends(stack: Stack) -> None:
+    stack.scheduler.workflows[WF] = make_workflow(WF)
+    stack.scheduler.watch_scripts[WF] = [snapshot(2), None]  # a live workflow: GET would stay open
+    reply = await asyncio.wait_for(stack.client.head(f"/v1/workflow/{WF}/subscribe", headers=AUTH), 5)
+    assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/event-stream")
+    await asyncio.wait_for(stack.scheduler.watch_cancelled.wait(), timeout=5)

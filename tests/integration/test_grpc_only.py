@@ -1,9 +1,10 @@
 """Internal callers: the whole life of a workflow over gRPC alone, no HTTP.
 
 Files go in through StorageService.PutObject, the workflow is created, watched and its
-output read back through StorageService.GetObject, with the same bearer token in the
-`authorization` metadata that HTTP clients send. Every server also answers the standard
-health and reflection services.
+output read back through StorageService.GetObject. The scheduler takes the same bearer token
+in the `authorization` metadata that HTTP clients send; storage, an internal service, takes
+only the suite's service token (services/common/service_auth.py). Every server also answers
+the standard health and reflection services.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from comfyfleet.scheduler.v1 import workflow_pb2, workflow_service_pb2, workflow
 from comfyfleet.storage.v1 import storage_service_pb2, storage_service_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from services.common.service_auth import ServiceSecurity
 from services.devrun import Suite
 from tests.integration.test_end_to_end import WORKFLOW, png
 
@@ -36,7 +38,8 @@ async def test_create_watch_and_read_outputs_over_grpc_alone(suite: Suite) -> No
     auth = (("authorization", f"Bearer {suite.token}"),)
     photo = png(24, 16)
     workflow_id = str(uuid.uuid4())
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{suite.storage_port}") as storage_channel, \
+    as_service = ServiceSecurity(service_token=suite.service_token)
+    async with as_service.channel(f"127.0.0.1:{suite.storage_port}", ()) as storage_channel, \
             grpc.aio.insecure_channel(f"127.0.0.1:{suite.scheduler_port}") as scheduler_channel:
         storage = storage_service_pb2_grpc.StorageServiceStub(storage_channel)
         workflows = workflow_service_pb2_grpc.WorkflowServiceStub(scheduler_channel)

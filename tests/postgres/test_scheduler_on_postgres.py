@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.scheduler.harness import Scheduler, running_scheduler
+from tests.scheduler.test_group_commit import (  # noqa: F401
+    test_a_burst_of_runner_events_for_several_workflows_applies_in_order,
+)
 from tests.scheduler.test_service import (  # noqa: F401  (collected here, against Postgres)
     test_a_lost_runners_workflow_is_requeued_after_the_lease_and_runs_elsewhere,
     test_a_runner_that_comes_back_without_its_workflow_gets_it_again,

@@ -10,6 +10,14 @@ from collections.abc import AsyncIterator
 import pytest
 
 from services.scheduler.db.engine import Database
+from tests.scheduler.test_group_commit import (  # noqa: F401  (collected here, against Postgres)
+    test_a_burst_of_changes_to_several_workflows_keeps_each_ones_order,
+    test_concurrent_creates_share_a_transaction_and_a_bad_one_fails_alone,
+    test_outputs_dropped_in_a_batch_take_the_ones_added_before_it_in_the_same_batch,
+)
+from tests.scheduler.test_list_pages import (  # noqa: F401
+    test_every_page_from_either_end_is_its_slice_of_newest_first,
+)
 from tests.scheduler.test_placement_queue import (  # noqa: F401  (collected here, against Postgres)
     test_more_users_than_the_batch_holds_take_turns,
     test_one_users_backlog_does_not_hide_another_users_single_workflow,

@@ -15,7 +15,7 @@ from services.runner import events
 from services.runner.comfyui_watch import ComfyUIFacts
 from services.runner.config import Backoff
 from services.runner.outbox import Outbox, WorkflowKey
-from services.runner.session import RunnerIdentity, RunnerSession, SessionSettings
+from services.runner.session import RunnerIdentity, RunnerSession, SessionSettings, reconnect_delay
 from tests.runner.fakes import FakeScheduler, GrpcServer, eventually
 
 
@@ -199,3 +199,44 @@ async def test_no_hello_while_comfyui_does_not_answer_and_hello_again_when_it_ch
     assert (hello.comfyui_version, hello.object_info_digest) == ("0.3.65", "cd" * 32)
     assert list(hello.node_classes) == ["KSampler"]
     assert [(h.workflow_id, h.attempt) for h in hello.held] == [("wf", 1)]
+
+
+@pytest.mark.parametrize(("attempt", "jitter", "holding", "lease_s", "expected"), [
+    (0, 0.5, False, 8.0, 0.5),  # 0.5 * min(30, 1 * 2**0)
+    (5, 0.5, False, 8.0, 15.0),  # 0.5 * min(30, 1 * 2**5): nothing held, the backoff as it is
+    (5, 0.5, True, 8.0, 2.0),  # holding work: at most 8 / 4, back before the lease ends
+    (0, 0.5, True, 8.0, 0.5),  # a shorter backoff stays as it is
+    (5, 0.5, True, 0.0, 15.0),  # no lease known: the backoff
+])
+def test_reconnect_delay_stays_within_a_quarter_lease_while_holding_work(
+    attempt: int, jitter: float, holding: bool, lease_s: float, expected: float
+) -> None:
+    backoff = Backoff(base_s=1.0, cap_s=30.0)
+    assert reconnect_delay(backoff, attempt, jitter, holding=holding, lease_s=lease_s) == expected
+
+
+async def test_a_runner_holding_work_is_back_within_its_lease_whatever_its_backoff() -> None:
+    # The scheduler's lease is 1 s; the backoff alone would wait up to 20 s before the first retry.
+    scheduler = FakeScheduler(heartbeat_s=0.1, lease_s=1.0)
+    server = GrpcServer(lambda s: pb_grpc.add_RunnerSessionServiceServicer_to_server(scheduler, s))
+    await server.start()
+    handler = Handler(holding=[("wf", 1)])
+    session = RunnerSession(server.address, RunnerIdentity(token="tok", name="gpu-1", tags=(), slots=1), handler,
+                            Outbox(), Readiness(), SessionSettings(backoff=Backoff(base_s=20.0, cap_s=60.0)))
+    task = asyncio.create_task(session.run())
+    try:
+        await eventually(lambda: len(scheduler.hellos) == 1, what="first hello")
+        await server.stop()  # the scheduler restarts
+        await eventually(lambda: not session.connected.is_set(), what="disconnect")
+        await asyncio.sleep(0.5)
+        await server.start()
+        restarted = asyncio.get_running_loop().time()
+        await eventually(lambda: len(scheduler.hellos) == 2, timeout_s=3.0, what="hello within the lease")
+        assert asyncio.get_running_loop().time() - restarted < 1.0
+        assert [(h.workflow_id, h.attempt) for h in scheduler.hellos[1].held] == [("wf", 1)]
+    finally:
+        await session.stop(1.0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await session.close()
+        await server.stop()

@@ -17,7 +17,13 @@ import grpc
 from comfyfleet.runner.v1 import runner_event_pb2
 from comfyfleet.runner.v1 import runner_session_service_pb2 as session_pb2
 from comfyfleet.runner.v1 import runner_session_service_pb2_grpc as session_grpc
-from comfyfleet.scheduler.v1 import user_service_pb2_grpc, workflow_pb2, workflow_service_pb2, workflow_service_pb2_grpc
+from comfyfleet.scheduler.v1 import (
+    event_service_pb2_grpc,
+    user_service_pb2_grpc,
+    workflow_pb2,
+    workflow_service_pb2,
+    workflow_service_pb2_grpc,
+)
 from comfyfleet.storage.v1 import storage_service_pb2, storage_service_pb2_grpc
 
 from services.common.errors import ComfyfleetError, from_rpc_error
@@ -25,8 +31,10 @@ from services.common.grpc_server import SERVER_OPTIONS
 from services.scheduler.bootstrap import ensure_dev_tokens
 from services.scheduler.config import Settings
 from services.scheduler.db.engine import Database
+from services.scheduler.db.event_numbers import UserEventLog
 from services.scheduler.db.identity_store import API, IdentityStore
 from services.scheduler.db.workflow_store import WorkflowStore
+from services.scheduler.event_servicer import EventServicer
 from services.scheduler.execution import Execution
 from services.scheduler.fleet import Fleet
 from services.scheduler.hub import EventHub
@@ -77,6 +85,10 @@ class Scheduler:
     @property
     def workflows(self) -> Any:
         return workflow_service_pb2_grpc.WorkflowServiceStub(self.channel)
+
+    @property
+    def events(self) -> Any:
+        return event_service_pb2_grpc.EventServiceStub(self.channel)
 
     async def new_user_token(self, name: str) -> str:
         user = await self.identity.create_user(name)
@@ -132,6 +144,7 @@ async def running_scheduler(tmp: Path, database_url: str | None = None) -> Async
     server = grpc.aio.server(options=SERVER_OPTIONS)
     workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server(WorkflowServicer(identity, workflows), server)
     user_service_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(identity), server)
+    event_service_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(identity, UserEventLog(db), hub), server)
     session_grpc.add_RunnerSessionServiceServicer_to_server(sessions, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

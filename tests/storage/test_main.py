@@ -15,8 +15,11 @@ from comfyfleet.storage.v1 import storage_service_pb2 as pb
 from comfyfleet.storage.v1 import storage_service_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.service_auth import ServiceSecurity
+
 pytestmark = pytest.mark.timeout(20)
 REPO = Path(__file__).resolve().parents[2]
+SERVICE_TOKEN = "storage-main-test-service-token-0123456789"
 
 
 def free_port() -> int:
@@ -31,7 +34,8 @@ async def start(env: dict[str, str], cwd: Path) -> asyncio.subprocess.Process:
         "-m",
         "services.storage",
         cwd=cwd,
-        env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'gen'}", **env},
+        env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'gen'}", "COMFYFLEET_SERVICE_TOKEN": SERVICE_TOKEN,
+             **env},
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -58,7 +62,7 @@ async def test_serves_with_defaults_under_var_and_stops_on_sigterm(tmp_path: Pat
     process = await start({"STORAGE_LISTEN": address}, cwd=tmp_path)
     try:
         await wait_serving(address)
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with ServiceSecurity(service_token=SERVICE_TOKEN).channel(address, ()) as channel:
             stub = storage_service_pb2_grpc.StorageServiceStub(channel)
             header = pb.PutObjectRequest(header=pb.PutObjectHeader(key="outputs/wf1/9/a.txt"))
             finish = pb.PutObjectRequest(finish=pb.PutObjectFinish(size_bytes=5))

@@ -24,7 +24,7 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -105,6 +105,27 @@ def _v7_workflow_counts(conn: Connection) -> None:
                           f"BEGIN {drop}; END"))
 
 
+def _v8_user_event_numbers(conn: Connection) -> None:
+    """Per-user event numbers (services.scheduler.db.event_numbers): workflow_events gets its
+    owner and `user_seq`, existing rows numbered per user in (created_at, workflow_id, seq)
+    order; `event_numbers` holds each user's last number given out."""
+    _add_columns(conn, "workflow_events", {"user_id": "VARCHAR NOT NULL DEFAULT ''",
+                                           "user_seq": "BIGINT NOT NULL DEFAULT 0"})
+    conn.execute(text(
+        "UPDATE workflow_events SET user_id = numbered.user_id, user_seq = numbered.n FROM ("
+        "SELECT e.workflow_id, e.seq, w.user_id, ROW_NUMBER() OVER ("
+        "PARTITION BY w.user_id ORDER BY e.created_at, e.workflow_id, e.seq) AS n "
+        "FROM workflow_events e JOIN workflows w ON w.id = e.workflow_id) AS numbered "
+        "WHERE workflow_events.workflow_id = numbered.workflow_id AND workflow_events.seq = numbered.seq"))
+    conn.execute(text("CREATE UNIQUE INDEX IF NOT EXISTS ix_workflow_events_user_seq "
+                      "ON workflow_events (user_id, user_seq)"))
+    conn.execute(text("CREATE TABLE IF NOT EXISTS event_numbers "
+                      "(user_id VARCHAR PRIMARY KEY, last_user_seq BIGINT NOT NULL)"))
+    conn.execute(text("DELETE FROM event_numbers"))
+    conn.execute(text("INSERT INTO event_numbers (user_id, last_user_seq) "
+                      "SELECT user_id, max(user_seq) FROM workflow_events GROUP BY user_id"))
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial schema", _v1_initial),
     (2, "index of the placement queue", _v2_pending_index),
@@ -114,6 +135,10 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
         conn, "tokens", {"name": "VARCHAR NOT NULL DEFAULT ''", "revoked_at": "DATETIME"})),
     (6, "idempotency keys", lambda conn: _create_tables(conn, models.IdempotencyRow)),
     (7, "per-user workflow counts and list indexes", _v7_workflow_counts),
+    (8, "per-user event numbers", _v8_user_event_numbers),
+    (9, "webhooks", lambda conn: _create_tables(
+        conn, models.WebhookEndpointRow, models.WebhookUserSecretRow, models.WorkflowWebhookRow,
+        models.WebhookCursorRow, models.WebhookDeliveryRow, models.WebhookAttemptRow)),
 ]
 
 
@@ -165,6 +190,11 @@ class Database:
             asyncio.Lock() if self.is_sqlite else contextlib.nullcontext())
         # Operations whose callers were cancelled, still finishing (see runs_to_completion).
         self._orphans: set[asyncio.Future[Any]] = set()
+        # Group commit (`submit`): work waiting for the next shared write transaction.
+        self._queued: list[tuple[Callable[[Connection], Any], asyncio.Future[Any]]] = []
+        self._committer: asyncio.Task[None] | None = None
+        self.batches = 0  # write transactions the committer ran, and the work they held:
+        self.batched = 0  # batched / batches is the mean batch size (bench, tests)
 
     async def migrate(self) -> None:
         for attempt in range(5):
@@ -192,6 +222,53 @@ class Database:
         async with self.engine.begin() as conn:
             return await conn.run_sync(work)
 
+    def submit(self, work: Callable[[Connection], T]) -> asyncio.Future[T]:
+        """Group commit: queues `work` for the next shared write transaction and returns its
+        future, which gets `work`'s result or exception once that transaction has committed
+        (or rolled back). Works queued while a transaction runs share the next one; queued in
+        order, they run in that order (a caller that needs its writes in sequence, e.g. one
+        runner's events, submits them one after the other without waiting).
+
+        The work runs whatever happens to the caller: cancelling the future does not stop it.
+        Contract: `work` writes nothing before it raises its own (domain) exception: that
+        exception goes to its caller alone and the others commit. A database error rolls the
+        whole transaction back, and then every work of it runs again in a transaction of its
+        own, so that only the one at fault gets the error."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queued.append((work, future))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_queued(), name="group-commit")
+        return future
+
+    async def _commit_queued(self) -> None:
+        while self._queued:
+            batch, self._queued = self._queued[:GROUP_MAX], self._queued[GROUP_MAX:]
+            works = [work for work, _ in batch]
+            try:
+                async with self.write_lock:
+                    outcomes = await self.transaction(functools.partial(_run_all, works))
+            except Exception:
+                if len(works) == 1:
+                    outcomes = [await self._alone(works[0])]
+                else:  # a database error: which work caused it is found by running each alone
+                    outcomes = [await self._alone(work) for work in works]
+            self.batches += 1
+            self.batched += len(works)
+            for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+                if future.done():  # its caller was cancelled; the work ran anyway
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+
+    async def _alone(self, work: Callable[[Connection], Any]) -> tuple[bool, Any]:
+        try:
+            async with self.write_lock:
+                return True, await self.transaction(work)
+        except Exception as err:
+            return False, err
+
     def _sqlite_transaction(self, work: Callable[[Connection], T]) -> T:
         assert self._sync_engine is not None
         with self._sync_engine.begin() as conn:
@@ -209,6 +286,8 @@ class Database:
                 log.warning("database operation of a cancelled call failed: %s", err)
 
     async def close(self) -> None:
+        if self._committer is not None:
+            await asyncio.wait({self._committer}, timeout=5)
         if self._orphans:
             await asyncio.wait(set(self._orphans), timeout=5)
         await self.engine.dispose()
@@ -216,6 +295,44 @@ class Database:
             await asyncio.get_running_loop().run_in_executor(self._sqlite_thread, self._sync_engine.dispose)
             self._sqlite_thread.shutdown()
             self._sqlite_thread = None
+
+
+# At most this many works share one group-commit transaction (bounds its time on the thread).
+GROUP_MAX = 256
+
+
+def _run_all(works: list[Callable[[Connection], Any]], conn: Connection) -> list[tuple[bool, Any]]:
+    """The works of one group-commit transaction, in order. Neighbours with the same
+    `run_together(conn, works) -> [(ok, result or exception)]` (e.g. workflow changes,
+    db/changes.py) run in one call of it, which may then write them with fewer statements."""
+    outcomes: list[tuple[bool, Any]] = []
+    i = 0
+    while i < len(works):
+        together = _together(works[i])
+        j = i + 1
+        if together is None:
+            outcomes.append(_run_one(conn, works[i]))
+        else:
+            while j < len(works) and _together(works[j]) is together:
+                j += 1
+            outcomes += together(conn, works[i:j])
+        i = j
+    return outcomes
+
+
+def _together(work: Callable[[Connection], Any]) -> Callable[[Connection, list[Any]], list[tuple[bool, Any]]] | None:
+    return getattr(work, "run_together", None)
+
+
+def _run_one(conn: Connection, work: Callable[[Connection], Any]) -> tuple[bool, Any]:
+    """One work of a group-commit transaction: (True, result), or (False, its own exception).
+    A database error is not its own: it propagates and rolls the whole transaction back."""
+    try:
+        return True, work(conn)
+    except DBAPIError:
+        raise
+    except Exception as err:
+        return False, err
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

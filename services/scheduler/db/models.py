@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, TypeDecorator
+from sqlalchemy import BigInteger, DateTime, TypeDecorator
 from sqlalchemy.engine import Dialect
 from sqlmodel import Field, Index, SQLModel
 
@@ -101,6 +101,10 @@ class EventRow(SQLModel, table=True):
     seq: int = Field(primary_key=True)
     payload: bytes
     created_at: datetime
+    # The owner and the per-user number (services.scheduler.db.event_numbers; migration 8
+    # indexes (user_id, user_seq), unique).
+    user_id: str = ""
+    user_seq: int = Field(default=0, sa_type=BigInteger)
 
 
 class OutputRow(SQLModel, table=True):
@@ -142,6 +146,90 @@ class IdempotencyRow(SQLModel, table=True):
     # The serialized comfyfleet.scheduler.v1.Workflow as first answered.
     response: bytes
     created_at: datetime
+
+
+class WebhookEndpointRow(SQLModel, table=True):
+    """A user's webhook endpoint (services.scheduler.webhooks); its secret only encrypted."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (Index("ix_webhook_endpoints_user_created", "user_id", "created_at"),)
+    id: str = Field(primary_key=True)
+    user_id: str = Field(foreign_key="users.id")
+    url: str
+    events_json: str = '["*"]'
+    description: str = ""
+    # The "whsec_..." secret sealed with the operator's webhook key (webhooks/secrets.py).
+    secret_sealed: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookUserSecretRow(SQLModel, table=True):
+    """The secret that signs deliveries to a user's workflows' own webhook_url, sealed."""
+
+    __tablename__ = "webhook_user_secrets"
+    user_id: str = Field(primary_key=True, foreign_key="users.id")
+    secret_sealed: str
+    created_at: datetime
+
+
+class WorkflowWebhookRow(SQLModel, table=True):
+    """The webhook_url a workflow was created with (no foreign key: written before the workflow)."""
+
+    __tablename__ = "workflow_webhooks"
+    workflow_id: str = Field(primary_key=True)
+    user_id: str
+    url: str
+    created_at: datetime
+
+
+class WebhookCursorRow(SQLModel, table=True):
+    """How far the webhook dispatcher got in a user's events (workflow_events.user_seq)."""
+
+    __tablename__ = "webhook_cursors"
+    user_id: str = Field(primary_key=True)
+    last_user_seq: int = Field(default=0, sa_type=BigInteger)
+
+
+class WebhookDeliveryRow(SQLModel, table=True):
+    """One event for one target; `id` is the webhook-id header, the same on every attempt."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),
+        Index("ix_webhook_deliveries_endpoint", "endpoint_id", "created_at"),
+        Index("ix_webhook_deliveries_workflow", "workflow_id", "created_at"),
+        Index("ux_webhook_deliveries_event", "endpoint_id", "workflow_id", "event_seq", unique=True),
+    )
+    id: str = Field(primary_key=True)
+    user_id: str
+    # The registered endpoint, or "" for the workflow's own webhook_url.
+    endpoint_id: str = ""
+    workflow_id: str
+    event_seq: int = Field(sa_type=BigInteger)
+    event_type: str
+    url: str
+    # The JSON body, fixed when the delivery is made (signatures cover it).
+    payload: str
+    state: str = "pending"  # pending | succeeded | failed
+    # Failed attempts since the delivery (or its last redelivery) started, and when that was.
+    failures: int = 0
+    window_start: datetime
+    next_attempt_at: datetime | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookAttemptRow(SQLModel, table=True):
+    """One HTTP request of a delivery."""
+
+    __tablename__ = "webhook_attempts"
+    delivery_id: str = Field(primary_key=True)
+    number: int = Field(primary_key=True)
+    attempted_at: datetime
+    status_code: int = 0
+    error: str = ""
+    duration_ms: int = 0
 
 
 class UTCDateTime(TypeDecorator[datetime]):

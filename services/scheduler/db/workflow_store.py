@@ -1,97 +1,64 @@
 """Workflows, their event logs and outputs.
 
-Every change goes through `change`: under the write lock and in one transaction it loads the
-row, lets the caller mutate it and name the events that describe the change, numbers the
-events (seq = last_seq + 1, ...) and commits row and events together. Nothing is published
-before the commit, so a watcher never sees an event that could be lost.
+Every change goes through `change`: in one transaction it loads the row, lets the caller
+mutate it and name the events that describe the change, numbers the events (seq = last_seq +
+1, ...) and commits row and events together. Nothing is published before the commit, so a
+watcher never sees an event that could be lost. Changes and creates are group-committed
+(`Database.submit`): those queued together share one transaction (db/changes.py,
+db/creates.py: every event insert numbers its events per user there), each with its own
+answer or error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import UTC
 
 from comfyfleet.scheduler.v1 import workflow_pb2
-from sqlalchemy import Table, column, delete, func, insert, table, update
+from sqlalchemy import Select, Table, column, delete, func, table
 from sqlalchemy import select as core_select
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from services.scheduler.core.state import TERMINAL, Status
+from services.scheduler.core.state import Status
+from services.scheduler.db.changes import Change, ChangeRequest, Mutation, workflow_row
+from services.scheduler.db.creates import OPEN, CreateRequest, claimed
 from services.scheduler.db.engine import Database, runs_to_completion
-from services.scheduler.db.models import EventRow, IdempotencyRow, OutputRow, WorkflowRow
-from services.scheduler.errors import WorkflowExists, WorkflowNotFinished, WorkflowNotFound
-from services.scheduler.idempotency import TTL, Claim, KeyReused
-from services.scheduler.records import utcnow, workflow_pb
+from services.scheduler.db.models import EventRow, OutputRow, WorkflowRow
+from services.scheduler.errors import WorkflowNotFinished, WorkflowNotFound
+from services.scheduler.idempotency import Claim
+from services.scheduler.records import workflow_pb
 
-_OPEN = [s.value for s in Status if s not in TERMINAL]
+_OPEN = OPEN
 # Rows per user, kept by triggers (db/engine.py, migration 7).
 _COUNTS = table("workflow_counts", column("user_id"), column("total"))
 # The tables, for the Core statements of the hot paths (create, change).
 _WORKFLOWS: Table = WorkflowRow.__table__  # type: ignore[attr-defined]
-_EVENTS: Table = EventRow.__table__  # type: ignore[attr-defined]
 _OUTPUTS: Table = OutputRow.__table__  # type: ignore[attr-defined]
-_IDEMPOTENCY: Table = IdempotencyRow.__table__  # type: ignore[attr-defined]
-_WORKFLOW_COLUMNS = [c.name for c in _WORKFLOWS.columns]
-_OUTPUT_COLUMNS = [c.name for c in _OUTPUTS.columns]
-
-
-@dataclass
-class Change:
-    """What a mutation produced: the row after it, and the committed events."""
-
-    row: WorkflowRow
-    events: list[workflow_pb2.WorkflowEvent]
-    # Set (and nothing written) when an Idempotency-Key replays an earlier create: its answer.
-    replayed: workflow_pb2.Workflow | None = None
-
-
-# A mutation gets the row and the outputs stored so far, changes the row in place and returns
-# the events to append (without seq/time, filled in here). Raising aborts the transaction.
-Mutation = Callable[[WorkflowRow, list[OutputRow]], Sequence[workflow_pb2.WorkflowEvent]]
 
 
 class WorkflowStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    @runs_to_completion
-    async def create(self, row: WorkflowRow, claim: Claim | None = None) -> Change:
+    async def create(self, row: WorkflowRow, claim: Claim | None = None, *, max_open: int | None = None
+                     ) -> Change:
         """Inserts a new workflow with its first event (status accepted), and records the
         Idempotency-Key claim with the answer; or replays the answer of an earlier claim.
+        `max_open`: OpenLimitReached if the user already has that many unfinished workflows
+        (counted in the same transaction).
 
-        Core statements in one `Database.transaction`: no unit of work, no read of the id
-        first (a taken id shows up as the insert's IntegrityError)."""
+        Group commit (`Database.submit`): concurrent creates share one transaction, each with
+        its own answer or error (db/creates.py). Answered only after the commit."""
         row.last_seq = 1
         event = workflow_pb2.WorkflowEvent(
             workflow_id=row.id, seq=1, status=workflow_pb2.StatusEvent(workflow=workflow_pb(row))
         )
         event.time.FromDatetime(row.created_at.replace(tzinfo=UTC))
 
-        def write(conn: Connection) -> workflow_pb2.Workflow | None:
-            if claim is not None:
-                if (replayed := _claimed(conn, row.user_id, claim)) is not None:
-                    return replayed
-                conn.execute(insert(_IDEMPOTENCY), {
-                    "user_id": row.user_id, "key": claim.key, "fingerprint": claim.fingerprint,
-                    "workflow_id": row.id, "response": event.status.workflow.SerializeToString(),
-                    "created_at": row.created_at})
-            conn.execute(insert(_WORKFLOWS), {c: getattr(row, c) for c in _WORKFLOW_COLUMNS})
-            conn.execute(insert(_EVENTS), {"workflow_id": row.id, "seq": 1, "payload": event.SerializeToString(),
-                                           "created_at": row.created_at})
-            return None
-
-        try:
-            async with self.db.write_lock:
-                replayed = await self.db.transaction(write)
-        except IntegrityError:
-            async with self.db.engine.connect() as conn:
-                if (await conn.execute(core_select(_WORKFLOWS.c.id).where(_WORKFLOWS.c.id == row.id))).first():
-                    raise WorkflowExists(row.id) from None
-            raise
+        replayed = await self.db.submit(CreateRequest(row, event, claim, max_open))
         if replayed is not None:
             return Change(row, [], replayed)
         return Change(row, [event])
@@ -100,54 +67,26 @@ class WorkflowStore:
     async def replay(self, user_id: str, claim: Claim) -> workflow_pb2.Workflow | None:
         """The first answer to this claim's key, if it is fresh and the request the same."""
         async with self.db.engine.connect() as conn:
-            return await conn.run_sync(lambda c: _claimed(c, user_id, claim, delete_expired=False))
+            return await conn.run_sync(lambda c: claimed(c, user_id, claim, delete_expired=False))
 
-    @runs_to_completion
     async def change(self, workflow_id: str, mutate: Mutation, *, new_outputs: Sequence[OutputRow] = (),
                      drop_outputs: bool = False) -> Change:
-        """`drop_outputs`: the outputs recorded so far are deleted in the same transaction (an
+        """`change_later`, awaited: the change once committed."""
+        return await self.change_later(workflow_id, mutate, new_outputs=new_outputs, drop_outputs=drop_outputs)
+
+    def change_later(self, workflow_id: str, mutate: Mutation, *, new_outputs: Sequence[OutputRow] = (),
+                     drop_outputs: bool = False) -> asyncio.Future[Change]:
+        """Queues the change now (group commit, `Database.submit`: changes queued one after the
+        other apply in that order, several in one transaction); the future gets the Change once
+        committed, or the mutation's exception. The change is made even if nobody awaits it.
+
+        `drop_outputs`: the outputs recorded so far are deleted in the same transaction (an
         abandoned attempt's, when its workflow is requeued); the mutation sees none.
 
-        Core statements in one `Database.transaction` (so `mutate` runs off the event loop, and
-        must only change the row): read the row and its outputs, write back only the columns
-        the mutation changed, insert the events and new outputs."""
+        `mutate` runs off the event loop, and must only change the row; it may raise, and then
+        nothing of this change is written (db/changes.py: how queued changes apply together)."""
 
-        def write(conn: Connection) -> Change:
-            # FOR UPDATE (Postgres): concurrent changes of one workflow take turns, so seq stays gapless.
-            found = conn.execute(
-                core_select(_WORKFLOWS).where(_WORKFLOWS.c.id == workflow_id).with_for_update()).first()
-            if found is None:
-                raise WorkflowNotFound(workflow_id)
-            before = found._asdict()
-            row = WorkflowRow(**before)
-            if drop_outputs:
-                conn.execute(delete(_OUTPUTS).where(_OUTPUTS.c.workflow_id == workflow_id))
-                outputs: list[OutputRow] = []
-            else:
-                outputs = [OutputRow(**o._asdict()) for o in conn.execute(
-                    core_select(_OUTPUTS).where(_OUTPUTS.c.workflow_id == workflow_id)).all()]
-            outputs += new_outputs
-            events = list(mutate(row, outputs))
-            now = utcnow()
-            row.updated_at = now
-            for e in events:
-                row.last_seq += 1
-                e.workflow_id = row.id
-                e.seq = row.last_seq
-                e.time.FromDatetime(now.replace(tzinfo=UTC))
-                if e.WhichOneof("kind") == "status":
-                    e.status.workflow.CopyFrom(workflow_pb(row, outputs))
-            if new_outputs:
-                conn.execute(insert(_OUTPUTS), [{c: getattr(o, c) for c in _OUTPUT_COLUMNS} for o in new_outputs])
-            if events:
-                conn.execute(insert(_EVENTS), [{"workflow_id": row.id, "seq": e.seq, "payload": e.SerializeToString(),
-                                                "created_at": now} for e in events])
-            changed = {c: value for c in _WORKFLOW_COLUMNS if (value := getattr(row, c)) != before[c]}
-            conn.execute(update(_WORKFLOWS).where(_WORKFLOWS.c.id == workflow_id).values(changed))
-            return Change(row, events)
-
-        async with self.db.write_lock:
-            return await self.db.transaction(write)
+        return self.db.submit(ChangeRequest(workflow_id, mutate, new_outputs, drop_outputs))
 
     @runs_to_completion
     async def delete(self, workflow_id: str, user_id: str) -> None:
@@ -171,7 +110,7 @@ class WorkflowStore:
             if found is None or (user_id is not None and found.user_id != user_id):
                 raise WorkflowNotFound(workflow_id)
             outputs = conn.execute(core_select(_OUTPUTS).where(_OUTPUTS.c.workflow_id == workflow_id)).all()
-            return WorkflowRow(**found._asdict()), [OutputRow(**o._asdict()) for o in outputs]
+            return workflow_row(found._asdict()), [OutputRow(**o._asdict()) for o in outputs]
 
         return await self.db.transaction(read)
 
@@ -187,24 +126,31 @@ class WorkflowStore:
         if tag:
             where.append(col(WorkflowRow.tags_json).contains(json.dumps(tag)))
         newest_first = (col(WorkflowRow.created_at).desc(), col(WorkflowRow.id).desc())
-        # The page's ids come from the index (user_id, created_at, id) alone, so a deep OFFSET
-        # walks index entries, not rows; then only those rows are read.
-        page_ids = (select(WorkflowRow.id).where(*where).order_by(*newest_first)
-                    .offset((page - 1) * per_page).limit(per_page))
+        oldest_first = (col(WorkflowRow.created_at).asc(), col(WorkflowRow.id).asc())
+        offset = (page - 1) * per_page
         async with self.db.sessions() as s:
             if status or tag:
                 total = (await s.exec(select(func.count()).select_from(WorkflowRow).where(*where))).one()
             else:
                 total = (await s.exec(select(_COUNTS.c.total).where(_COUNTS.c.user_id == user_id))).first() or 0
+            total = int(total)
+            # The page's ids come from the index (user_id, created_at, id) alone, so an OFFSET
+            # walks index entries, not rows; then only those rows are read. A page in the older
+            # half is counted from the oldest end: the last page costs what the first does.
+            if offset > total // 2:
+                older = total - offset - per_page  # rows older than the page
+                page_ids = (select(WorkflowRow.id).where(*where).order_by(*oldest_first)
+                            .offset(max(0, older)).limit(max(0, per_page + min(0, older))))
+            else:
+                page_ids = select(WorkflowRow.id).where(*where).order_by(*newest_first).offset(offset).limit(per_page)
             rows = await s.exec(select(WorkflowRow).where(col(WorkflowRow.id).in_(page_ids)).order_by(*newest_first))
-            return list(rows.all()), int(total)
+            return list(rows.all()), total
 
     @runs_to_completion
     async def count_open(self, user_id: str) -> int:
         """The user's workflows that have not finished (a seek per open status in (user_id, status));
-        on every create, so in one `Database.transaction` (one thread hop on SQLite)."""
-        query = core_select(func.count()).select_from(_WORKFLOWS).where(
-            _WORKFLOWS.c.user_id == user_id, _WORKFLOWS.c.status.in_(_OPEN))
+        in one `Database.transaction` (one thread hop on SQLite). `create` counts them itself."""
+        query = _count_open(user_id)
         return int(await self.db.transaction(lambda conn: conn.execute(query).scalar_one()))
 
     @runs_to_completion
@@ -245,18 +191,6 @@ class WorkflowStore:
             return by_runner
 
 
-def _claimed(conn: Connection, user_id: str, claim: Claim, *, delete_expired: bool = True
-             ) -> workflow_pb2.Workflow | None:
-    """The answer stored for (user, key) within its TTL; KeyReused if it was for another request."""
-    where = (_IDEMPOTENCY.c.user_id == user_id, _IDEMPOTENCY.c.key == claim.key)
-    found = conn.execute(core_select(_IDEMPOTENCY).where(*where)).first()
-    if found is None:
-        return None
-    created = found.created_at if found.created_at.tzinfo else found.created_at.replace(tzinfo=UTC)
-    if created <= utcnow() - TTL:
-        if delete_expired:
-            conn.execute(delete(_IDEMPOTENCY).where(*where))
-        return None
-    if found.fingerprint != claim.fingerprint:
-        raise KeyReused()
-    return workflow_pb2.Workflow.FromString(found.response)
+def _count_open(user_id: str) -> Select[int]:
+    return core_select(func.count()).select_from(_WORKFLOWS).where(
+        _WORKFLOWS.c.user_id == user_id, _WORKFLOWS.c.status.in_(_OPEN))

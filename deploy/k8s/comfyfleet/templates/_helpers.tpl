@@ -132,3 +132,18 @@ spec:
     matchLabels:
       {{- include "comfyfleet.selectorLabels" . | nindent 6 }}
 {{- end -}}
+
+
+{{/* The suite's service token (services/common/service_auth.py): Secret serviceTokenSecret,
+     key "token", mounted read-only as a file. Storage refuses every call without it; the
+     gateway, the scheduler and the runners show it to storage. */}}
+{{- define "comfyfleet.serviceTokenEnv" -}}
+- { name: COMFYFLEET_SERVICE_TOKEN_FILE, value: /var/run/comfyfleet/service-token/token }
+{{- end -}}
+{{- define "comfyfleet.serviceTokenMount" -}}
+- { name: service-token, mountPath: /var/run/comfyfleet/service-token, readOnly: true }
+{{- end -}}
+{{- define "comfyfleet.serviceTokenVolume" -}}
+- name: service-token
+  secret: { secretName: {{ .Values.serviceTokenSecret }}, defaultMode: 288 }  # 0440: group fsGroup reads it
+{{- end -}}
