@@ -2,40 +2,27 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
-from services.devrun import ROOT, Suite, free_port, http_ready
+from services.devrun import Suite, free_port
 from tests.deploy.edge import EdgeSuite
+from tests.integration.fleet import start_double
 
 NODE_DELAY_MS = 150
 
 
 @pytest.fixture(scope="module")
 def double(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("comfyui")
-    port = free_port()
-    log = open(root / "double.log", "ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.comfyui_double", "--host", "127.0.0.1", "--port", str(port),
-         "--root", str(root), "--node-delay-ms", str(NODE_DELAY_MS)],
-        cwd=ROOT, stdout=log, stderr=log,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while not http_ready(f"{url}/system_stats"):
-        assert proc.poll() is None, (root / "double.log").read_text()
-        assert time.monotonic() < deadline, "ComfyUI double did not start"
-        time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(10)
-    log.close()
+    started = start_double(tmp_path_factory.mktemp("comfyui"), NODE_DELAY_MS)
+    try:
+        yield started.url
+    finally:
+        started.stop()
 
 
 # "envoy": the same public API tests a second time, through Envoy in front of the gateway
@@ -61,3 +48,24 @@ def suite(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             log = var / f"{name}.log"
             if log.exists():
                 sys.stderr.write(f"\n--- {name}.log (tail) ---\n" + "\n".join(log.read_text().splitlines()[-30:]))
+
+
+@pytest.fixture
+def client(suite: Suite) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=suite.gateway_url, headers={"Authorization": f"Bearer {suite.token}"},
+                      timeout=30) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def second_gateway(suite: Suite) -> Iterator[str]:
+    """Another gateway process in front of the same scheduler and storage."""
+    other = Suite(var_dir=suite.var_dir, scheduler_port=suite.scheduler_port, storage_port=suite.storage_port,
+                  gateway_port=free_port(), extra_env=dict(suite.extra_env))
+    other.procs = {}
+    try:
+        other.start("gateway")
+        other.wait_ready("gateway")
+        yield other.gateway_url
+    finally:
+        other.down()

@@ -11,7 +11,6 @@ import io
 import json
 import signal
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -36,13 +35,6 @@ def png(width: int, height: int, color: tuple[int, int, int] = (200, 30, 90)) ->
     out = io.BytesIO()
     Image.new("RGB", (width, height), color).save(out, format="PNG")
     return out.getvalue()
-
-
-@pytest.fixture
-def client(suite: Suite) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=suite.gateway_url, headers={"Authorization": f"Bearer {suite.token}"},
-                      timeout=30) as c:
-        yield c
 
 
 def submit(client: httpx.Client, photo: bytes, **fields: str) -> httpx.Response:

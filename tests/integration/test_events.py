@@ -6,39 +6,16 @@ finished workflow. Everything is checked as a client sees it: the raw frames and
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 
-from services.devrun import Suite, free_port
+from services.devrun import Suite
 from tests.integration.sse import frames
 from tests.integration.test_end_to_end import png, statuses, submit
 
 KINDS = {"status", "progress", "executing", "output", "log"}
 TERMINAL = {"completed", "failed", "cancelled", "invalid"}
-
-
-@pytest.fixture
-def client(suite: Suite) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=suite.gateway_url, headers={"Authorization": f"Bearer {suite.token}"},
-                      timeout=30) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def second_gateway(suite: Suite) -> Iterator[str]:
-    """Another gateway process in front of the same scheduler and storage."""
-    other = Suite(var_dir=suite.var_dir, scheduler_port=suite.scheduler_port, storage_port=suite.storage_port,
-                  gateway_port=free_port(), extra_env=dict(suite.extra_env))
-    other.procs = {}
-    try:
-        other.start("gateway")
-        other.wait_ready("gateway")
-        yield other.gateway_url
-    finally:
-        other.down()
 
 
 def raw_blocks(client: httpx.Client, url: str, headers: dict[str, str]) -> list[dict[str, str]]:

@@ -17,7 +17,7 @@ from unittest import mock
 import httpx
 import pytest
 
-from services.devrun import Suite, free_port
+from services.devrun import Suite
 from services.scheduler.admin import main as admin_main
 from tests.integration.sse import frames
 from tests.integration.test_end_to_end import png, submit
@@ -27,27 +27,6 @@ TERMINAL = {"completed", "failed", "cancelled", "invalid"}
 # Straight to the gateway only (a suite start costs ~5-20 s): the stream through Envoy was run
 # once (it passes) and is the same SSE path tests/integration/test_events.py checks there.
 pytestmark = pytest.mark.parametrize("suite", ["direct"], indirect=True)
-
-
-@pytest.fixture
-def client(suite: Suite) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=suite.gateway_url, headers={"Authorization": f"Bearer {suite.token}"},
-                      timeout=30) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def second_gateway(suite: Suite) -> Iterator[str]:
-    """Another gateway process in front of the same scheduler and storage."""
-    other = Suite(var_dir=suite.var_dir, scheduler_port=suite.scheduler_port, storage_port=suite.storage_port,
-                  gateway_port=free_port(), extra_env=dict(suite.extra_env))
-    other.procs = {}
-    try:
-        other.start("gateway")
-        other.wait_ready("gateway")
-        yield other.gateway_url
-    finally:
-        other.down()
 
 
 def new_user_token(suite: Suite, name: str) -> str:

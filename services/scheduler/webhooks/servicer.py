@@ -6,12 +6,14 @@ create fails or answers with an earlier workflow (an idempotent replay)."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 
-from comfyfleet.scheduler.v1 import template_service_pb2, webhook_service_pb2_grpc, workflow_service_pb2
+from comfyfleet.scheduler.v1 import template_service_pb2, webhook_service_pb2_grpc, workflow_pb2, workflow_service_pb2
 from comfyfleet.scheduler.v1 import webhook_service_pb2 as pb
 
 from services.common.grpc_server import maps_domain_errors
 from services.scheduler.db.identity_store import IdentityStore
+from services.scheduler.db.models import UserRow
 from services.scheduler.errors import InvalidArgument
 from services.scheduler.template_servicer import TemplateServicer
 from services.scheduler.templates import Templates
@@ -83,6 +85,21 @@ def _workflow_id(raw: str, field: str) -> str:
         raise InvalidArgument(f"{field} must be a UUID", details=[{"field": field}]) from None
 
 
+async def _create_with_url(webhooks: Webhooks, user: UserRow, workflow_id: str, url: str,
+                           create: Callable[[], Awaitable[workflow_pb2.Workflow]]) -> workflow_pb2.Workflow:
+    """Records `url` for `workflow_id`, runs `create`, and forgets the URL again when the create
+    fails or answers with an earlier workflow (an idempotent replay)."""
+    await webhooks.give_workflow_url(user, workflow_id, url)
+    try:
+        workflow = await create()
+    except Exception:  # (not when cancelled: the create may still commit)
+        await webhooks.forget_workflow_url(workflow_id)
+        raise
+    if workflow.id != workflow_id:
+        await webhooks.forget_workflow_url(workflow_id)
+    return workflow
+
+
 class WebhookWorkflowServicer(WorkflowServicer):
     """WorkflowService, with CreateWorkflow taking a webhook_url."""
 
@@ -97,14 +114,8 @@ class WebhookWorkflowServicer(WorkflowServicer):
         if not request.webhook_url:
             return workflow_service_pb2.CreateWorkflowResponse(workflow=await self.workflows.create(user, request))
         request.id = _workflow_id(request.id, "id")
-        await self.webhooks.give_workflow_url(user, request.id, request.webhook_url)
-        try:
-            workflow = await self.workflows.create(user, request)
-        except Exception:  # (not when cancelled: the create may still commit)
-            await self.webhooks.forget_workflow_url(request.id)
-            raise
-        if workflow.id != request.id:
-            await self.webhooks.forget_workflow_url(request.id)
+        workflow = await _create_with_url(self.webhooks, user, request.id, request.webhook_url,
+                                          lambda: self.workflows.create(user, request))
         return workflow_service_pb2.CreateWorkflowResponse(workflow=workflow)
 
 
@@ -122,12 +133,6 @@ class WebhookTemplateServicer(TemplateServicer):
         if not request.webhook_url:
             return template_service_pb2.RunTemplateResponse(workflow=await self.templates.run(user, request))
         request.workflow_id = _workflow_id(request.workflow_id, "workflow_id")
-        await self.webhooks.give_workflow_url(user, request.workflow_id, request.webhook_url)
-        try:
-            workflow = await self.templates.run(user, request)
-        except Exception:  # (not when cancelled: the create may still commit)
-            await self.webhooks.forget_workflow_url(request.workflow_id)
-            raise
-        if workflow.id != request.workflow_id:
-            await self.webhooks.forget_workflow_url(request.workflow_id)
+        workflow = await _create_with_url(self.webhooks, user, request.workflow_id, request.webhook_url,
+                                          lambda: self.templates.run(user, request))
         return template_service_pb2.RunTemplateResponse(workflow=workflow)
