@@ -116,7 +116,9 @@ class LocalBackend:
                     await run_whole(self._commit, key, temp, meta_bytes(ref, inode))
                 return ref
             finally:
-                await asyncio.to_thread(discard, file, temp)  # no-op once committed
+                # no-op once committed; shielded: a second cancellation (the call ending while
+                # this cleanup waits for a thread) must not leave the temp file behind
+                await run_whole(discard, file, temp)
         except OSError as err:
             if err.errno in _DISK_FULL:
                 raise StorageFull(f"cannot store {key!r}: the storage disk or quota is full") from err
