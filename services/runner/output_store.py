@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 
 from comfyfleet.storage.v1 import object_pb2
 
-from services.runner import events
+from services.runner import events, storage_client
 from services.runner.comfyui_client import ComfyUI
 from services.runner.comfyui_messages import OutputFile
 from services.runner.errors import ComfyUIError, StorageError
@@ -29,9 +29,6 @@ log = logging.getLogger(__name__)
 
 ATTEMPTS = 3
 RETRY_DELAY_S = 0.5
-# Storage unreachable (restarting): keep trying this long before the workflow fails, so a
-# short storage outage does not lose finished work (tests/faults/test_storage_faults.py).
-STORAGE_PATIENCE_S = 30.0
 MAX_RETRY_DELAY_S = 2.0
 
 
@@ -54,7 +51,7 @@ async def store_outputs(
     """Stores every output, emitting `output_stored` for each; a `failed` event if one fails."""
     for output in outputs:
         key = output_key(prefix, output)
-        patience_until = time.monotonic() + STORAGE_PATIENCE_S
+        patience_until = time.monotonic() + storage_client.STORAGE_PATIENCE_S
         attempt = 0
         while True:
             attempt += 1

@@ -24,8 +24,19 @@ from services.common.service_auth import PLAIN, ServiceSecurity
 from services.runner.errors import StorageError
 
 CHUNK_BYTES = 1024 * 1024
-# StorageError.reason when storage could not be reached at all (output_store waits for it).
+# StorageError.reason when storage could not be reached at all (output_store and
+# input_upload wait for it, up to STORAGE_PATIENCE_S).
 UNAVAILABLE = "STORAGE_UNAVAILABLE"
+# Storage unreachable (restarting): keep trying this long before the workflow fails, so a
+# short storage outage does not fail work (tests/faults/test_storage_faults.py).
+STORAGE_PATIENCE_S = 30.0
+
+
+def _storage_error(operation: str, key: str, err: grpc.aio.AioRpcError) -> StorageError:
+    cause = from_rpc_error(err)
+    if cause.reason == "UNAVAILABLE":  # not reached at all (down, restarting): worth waiting for
+        return StorageError(f"{operation} {key}: storage is unavailable", reason=UNAVAILABLE)
+    return StorageError(f"{operation} {key}: {cause.message}")
 
 
 @dataclass(frozen=True)
@@ -73,11 +84,11 @@ class StorageClient:
                         if message.chunk:
                             yield message.chunk
                 except grpc.aio.AioRpcError as err:
-                    raise StorageError(f"GetObject {key}: {from_rpc_error(err).message}") from err
+                    raise _storage_error("GetObject", key, err) from err
 
             yield StoredObject(ref=first.object, chunks=chunks())
         except grpc.aio.AioRpcError as err:
-            raise StorageError(f"GetObject {key}: {from_rpc_error(err).message}") from err
+            raise _storage_error("GetObject", key, err) from err
         finally:
             call.cancel()
 
@@ -101,10 +112,7 @@ class StorageClient:
             response = await call
             done = True
         except grpc.aio.AioRpcError as err:
-            cause = from_rpc_error(err)
-            if cause.reason == "UNAVAILABLE":  # not reached at all (down, restarting): worth waiting for
-                raise StorageError(f"PutObject {key}: storage is unavailable", reason=UNAVAILABLE) from err
-            raise StorageError(f"PutObject {key}: {cause.message}") from err
+            raise _storage_error("PutObject", key, err) from err
         finally:
             if not done:
                 call.cancel()
