@@ -45,7 +45,7 @@ from services.scheduler.core.state import Status, transition
 from services.scheduler.db.models import OutputRow, WorkflowRow
 from services.scheduler.db.pending_queue import PendingQueue
 from services.scheduler.db.workflow_store import Change, WorkflowStore
-from services.scheduler.errors import IllegalTransition
+from services.scheduler.errors import IllegalTransition, WorkflowNotFound
 from services.scheduler.fleet import Fleet, Session
 from services.scheduler.hub import EventHub
 from services.scheduler.records import output_pb, utcnow
@@ -126,29 +126,32 @@ class Execution:
                                    may_use_shared=self.may_use_shared(w.user_id))
                    for w in waiting]
         decisions = place(pending, self.fleet.snapshot(), self._last_served)
-        rows = await self.queue.rows([workflow_id for workflow_id, _ in decisions.bindings])
+        users = {w.id: w.user_id for w in waiting}
         # All at once: the assignments of a pass are queued together and share one transaction.
-        assigned = await asyncio.gather(*(self._assign(rows[workflow_id], runner_id)
-                                          for workflow_id, runner_id in decisions.bindings if workflow_id in rows),
+        assigned = await asyncio.gather(*(self._assign(workflow_id, users[workflow_id], runner_id)
+                                          for workflow_id, runner_id in decisions.bindings),
                                         return_exceptions=True)
         if failed := [err for err in assigned if isinstance(err, BaseException)]:
             raise failed[0]
         return sum(n for n in assigned if isinstance(n, int)), len(waiting)
 
-    async def _assign(self, row: WorkflowRow, runner_id: str) -> int:
-        session = self.fleet.reserve(runner_id, row.id, row.attempt + 1)
+    async def _assign(self, workflow_id: str, user_id: str, runner_id: str) -> int:
+        # The slot is taken before the change (so a pass never binds it twice); the attempt
+        # number it is held for is set once the change has read the row.
+        session = self.fleet.reserve(runner_id, workflow_id, 0)
         if session is None:
             return 0
-        graph = parse_graph(row.workflow_json)
-        found = placeholders.scan(graph)
-        binding = placeholders.bind(found, stored_fields(row))
-        prompt, params = placeholders.fill(
-            graph, found, binding, random64=lambda: secrets.randbits(64), now_ms=time.time_ns() // 1_000_000
-        )
 
         def mutate(r: WorkflowRow, _outputs: list[OutputRow]) -> list[workflow_pb2.WorkflowEvent]:
+            # The prompt is filled from the row the change reads: no read of its own first.
             if r.status != Status.ACCEPTED.value or r.runner_id is not None:
                 raise _Skip
+            graph = parse_graph(r.workflow_json)
+            found = placeholders.scan(graph)
+            binding = placeholders.bind(found, stored_fields(r))
+            prompt, params = placeholders.fill(
+                graph, found, binding, random64=lambda: secrets.randbits(64), now_ms=time.time_ns() // 1_000_000
+            )
             r.runner_id = runner_id
             r.attempt += 1
             r.prompt_json = json.dumps(prompt)
@@ -159,18 +162,22 @@ class Execution:
             return [log_event(f"assigned to runner {session.name} (attempt {r.attempt})")]
 
         try:
-            change = await self.store.change(row.id, mutate)
-        except _Skip:
-            self.fleet.release(runner_id, row.id)
+            change = await self.store.change(workflow_id, mutate)
+        except (_Skip, WorkflowNotFound):
+            self.fleet.release(runner_id, workflow_id)
             return 0
-        session.held[row.id] = change.row.attempt
+        except Exception:
+            self.fleet.release(runner_id, workflow_id)
+            raise
+        row = change.row
+        session.held[row.id] = row.attempt
         self._served += 1
-        self._last_served[row.user_id] = self._served
+        self._last_served[user_id] = self._served
         self.hub.publish(change.events)
         assignment = session_pb2.Assignment(
             workflow_id=row.id,
-            attempt=change.row.attempt,
-            prompt_json=change.row.prompt_json,
+            attempt=row.attempt,
+            prompt_json=row.prompt_json,
             output_prefix=f"outputs/{row.id}/",
         )
         for entry in json.loads(row.inputs_json):

@@ -9,8 +9,8 @@ workflows, again by index. The pure core then orders the batch (priority, round-
 users, FIFO): a user with 10,000 waiting workflows contributes a bounded share, and another
 user's single workflow is in the batch of every pass that reaches that user.
 
-A batch holds only what placement needs (`Waiting`); the full rows are read for the
-workflows that were bound (`rows`). Cost per pass: O((users + rows in the batch) * log N)
+A batch holds only what placement needs (`Waiting`); the full row of a bound workflow is read
+by the change that assigns it (its prompt is filled there). Cost per pass: O((users + rows in the batch) * log N)
 index work, in at most 4 statements per priority, independent of the number waiting.
 """
 
@@ -23,12 +23,10 @@ from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
-from sqlmodel import col, select
 
 from services.scheduler.core.placement import Priority
 from services.scheduler.core.state import Status
 from services.scheduler.db.engine import Database, runs_to_completion
-from services.scheduler.db.models import WorkflowRow
 
 # Reads through ix_workflows_pending (status, runner_id, priority, user_id, created_at, id),
 # created by migration 2 in db/engine.py.
@@ -79,15 +77,6 @@ class PendingQueue:
         """Up to `limit` waiting workflows per priority, fairly spread across their users."""
         # Several statements: one Database.transaction is one thread hop on SQLite, not three a statement.
         return await self.db.transaction(lambda conn: self._batch(conn, limit))
-
-    @runs_to_completion
-    async def rows(self, ids: list[str]) -> dict[str, WorkflowRow]:
-        """The full rows of the workflows a pass bound."""
-        if not ids:
-            return {}
-        async with self.db.sessions() as s:
-            found = await s.exec(select(WorkflowRow).where(col(WorkflowRow.id).in_(ids)))
-            return {r.id: r for r in found.all()}
 
     def _batch(self, conn: Connection, limit: int) -> list[Waiting]:
         batch: list[Waiting] = []
