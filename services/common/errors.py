@@ -84,15 +84,19 @@ _BY_CODE: dict[grpc.StatusCode, type[ComfyfleetError]] = {
 }
 
 
-def grpc_status_for(err: ComfyfleetError) -> grpc.Status:
-    """A rich status (code, message, ErrorInfo with reason and details) for `err`."""
+def status_proto_for(err: ComfyfleetError) -> status_pb2.Status:
+    """The google.rpc.Status of `err`: code, message, ErrorInfo with reason and details."""
     info = error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN)
     if err.details:
         info.metadata[_DETAILS_KEY] = json.dumps(err.details)
     detail = any_pb2.Any()
     detail.Pack(info)
-    status = status_pb2.Status(code=err.code.value[0], message=err.message, details=[detail])
-    return rpc_status.to_status(status)
+    return status_pb2.Status(code=err.code.value[0], message=err.message, details=[detail])
+
+
+def grpc_status_for(err: ComfyfleetError) -> grpc.Status:
+    """A rich status (code, message, ErrorInfo with reason and details) for `err`."""
+    return rpc_status.to_status(status_proto_for(err))
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], err: ComfyfleetError) -> None:
@@ -102,22 +106,30 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], err: ComfyfleetErro
 
 def from_rpc_error(err: grpc.aio.AioRpcError) -> ComfyfleetError:
     """Rebuilds the domain error a server raised; unknown codes become Unavailable/ComfyfleetError."""
-    code = err.code()
-    message = err.details() or code.name.lower()
+    status: status_pb2.Status | None = None
+    for key, value in err.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            status = status_pb2.Status.FromString(value)
+    return _domain_error(err.code(), err.details() or err.code().name.lower(), status)
+
+
+def from_status_bytes(data: bytes) -> ComfyfleetError:
+    """Rebuilds the domain error of a serialized google.rpc.Status (as status_proto_for makes)."""
+    status = status_pb2.Status.FromString(data)
+    code = next((c for c in grpc.StatusCode if c.value[0] == status.code), grpc.StatusCode.UNKNOWN)
+    return _domain_error(code, status.message or code.name.lower(), status)
+
+
+def _domain_error(code: grpc.StatusCode, message: str, status: status_pb2.Status | None) -> ComfyfleetError:
     reason: str | None = None
     details: list[dict[str, Any]] = []
-    for key, value in err.trailing_metadata() or ():
-        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
-            continue
-        status = status_pb2.Status.FromString(value)
-        for packed in status.details:
-            info = error_details_pb2.ErrorInfo()
-            if packed.Unpack(info):
-                reason = info.reason
-                if _DETAILS_KEY in info.metadata:
-                    details = json.loads(info.metadata[_DETAILS_KEY])
+    for packed in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if packed.Unpack(info):
+            reason = info.reason
+            if _DETAILS_KEY in info.metadata:
+                details = json.loads(info.metadata[_DETAILS_KEY])
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and reason is None:
         return Unavailable(message, reason="UNAVAILABLE")
     cls = _BY_CODE.get(code, ComfyfleetError)
     return cls(message, reason=reason, details=details)
-

@@ -10,7 +10,9 @@ id when the caller sent none or an unusable one) in the logging context (logs.py
 `workflow_id` a unary request names; when the call ends it logs one line: method, code, time,
 and the workflow id of a response that carries a workflow (CreateWorkflow's, say).
 Health checks and reflection pass through untouched. `outgoing_metadata` is what a client
-adds to its calls to carry the current request id on.
+adds to its calls to carry the current request id on. A call that carries several requests
+(CreateWorkflows) logs each item as its own call would have (`log_item`), with the item's
+request id.
 """
 
 from __future__ import annotations
@@ -53,6 +55,15 @@ def new_request_id() -> str:
 def usable_request_id(value: str | None) -> str:
     """`value` when it is a sane id (at most 128 URL-safe characters), else a new one."""
     return value if value and _USABLE_ID.fullmatch(value) else new_request_id()
+
+
+def log_item(method: str, error: BaseException | None, seconds: float, *, request_id: str,
+             workflow_id: str = "") -> None:
+    """The log line of one request carried in a batched call, as its own call would write it."""
+    code = getattr(getattr(error, "code", None), "name", "UNKNOWN") if error is not None else "OK"
+    level = logging.WARNING if code in ("UNKNOWN", "INTERNAL", "DATA_LOSS") else logging.INFO
+    log.log(level, "%s %s %.1f ms (batched)", method, code, seconds * 1000,
+            extra={"request_id": usable_request_id(request_id), "workflow_id": workflow_id})
 
 
 def outgoing_metadata() -> tuple[tuple[str, str], ...]:

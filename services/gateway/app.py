@@ -95,7 +95,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
                       keepalive_seconds=settings.sse_keepalive_seconds, stall_seconds=settings.sse_stall_seconds)
         app.state.gateway = Gateway(
             settings=settings,
-            scheduler=GrpcScheduler(scheduler),
+            scheduler=GrpcScheduler(scheduler, create_batch=settings.create_batch),
             storage=storage_client,
             channels={"scheduler": scheduler, "storage": storage},
             feeds=feeds,

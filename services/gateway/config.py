@@ -12,6 +12,7 @@
 | GATEWAY_SSE_BUFFER_FRAMES       | 256                | frames queued per SSE client before it is dropped |
 | GATEWAY_RATE_LIMIT_REQUESTS     | 40                 | requests per token per window (0 = off)   |
 | GATEWAY_RATE_LIMIT_WINDOW_SECONDS | 10               | the rate limit's sliding window           |
+| GATEWAY_CREATE_BATCH            | 64                 | most concurrent creates of a token in one call (1 = off) |
 | COMFYFLEET_LOG_FORMAT           | text               | log lines as `text` or `json` (one object per line) |
 | GATEWAY_TLS_CERT_FILE           | (unset)            | PEM certificate (chain): serve HTTPS instead of HTTP |
 | GATEWAY_TLS_KEY_FILE            | (unset)            | its private key (PEM); both or neither    |
@@ -44,6 +45,7 @@ class GatewaySettings:
     sse_buffer_frames: int = 256
     rate_limit_requests: int = 40
     rate_limit_window_seconds: float = 10.0
+    create_batch: int = 64
     log_format: LogFormat = "text"
     https_cert_file: str = ""  # both set: the listener is HTTPS (uvicorn's ssl_certfile/ssl_keyfile)
     https_key_file: str = ""
@@ -65,6 +67,7 @@ class GatewaySettings:
             rate_limit_requests=_integer(env, "GATEWAY_RATE_LIMIT_REQUESTS", default.rate_limit_requests, minimum=0),
             rate_limit_window_seconds=_seconds(env, "GATEWAY_RATE_LIMIT_WINDOW_SECONDS",
                                                default.rate_limit_window_seconds),
+            create_batch=_integer(env, "GATEWAY_CREATE_BATCH", default.create_batch, minimum=1, maximum=256),
             log_format=_log_format(env),
             https_cert_file=_readable(env, "GATEWAY_TLS_CERT_FILE"),
             https_key_file=_readable(env, "GATEWAY_TLS_KEY_FILE"),

@@ -31,6 +31,7 @@ from comfyfleet.scheduler.v1 import (
 )
 
 from services.common.grpc_telemetry import outgoing_metadata
+from services.gateway.create_batcher import CreateBatcher, Metadata
 from services.gateway.errors import from_grpc
 
 RPC_TIMEOUT_SECONDS = 10.0
@@ -129,7 +130,7 @@ class GrpcEventsWatch:
 class GrpcScheduler:
     """The scheduler over a grpc.aio channel."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, *, create_batch: int = 64) -> None:
         self._users = user_service_pb2_grpc.UserServiceStub(channel)
         self._workflows = workflow_service_pb2_grpc.WorkflowServiceStub(channel)
         self._runners = runner_service_pb2_grpc.RunnerServiceStub(channel)
@@ -137,6 +138,8 @@ class GrpcScheduler:
         self._webhooks = webhook_service_pb2_grpc.WebhookServiceStub(channel)
         self._events = event_service_pb2_grpc.EventServiceStub(channel)
         self._accepted: OrderedDict[bytes, float] = OrderedDict()  # check_token: digest -> until
+        self.creates = CreateBatcher(self._create_one, self._create_many, lambda err: from_grpc(err, "scheduler"),
+                                     max_batch=create_batch) if create_batch > 1 else None
 
     async def templates(self, auth: str, method: str, request: Any) -> Any:
         call: Callable[..., Awaitable[Any]] = getattr(self._templates, method)
@@ -176,13 +179,23 @@ class GrpcScheduler:
         return await _unary(self._users.GetUser, user_service_pb2.GetUserRequest(include_limits=True), auth)
 
     async def create_workflow(self, auth: str, request: workflow_service_pb2.CreateWorkflowRequest) -> Workflow:
+        """CreateWorkflow; concurrent creates of one token go together (create_batcher.py)."""
+        if self.creates is not None:
+            return await self.creates.create(auth, request)
         try:
-            response = await self._workflows.CreateWorkflow(
-                request, metadata=_metadata(auth), timeout=CREATE_TIMEOUT_SECONDS
-            )
+            return await self._create_one(request, _metadata(auth))
         except grpc.aio.AioRpcError as err:
             raise from_grpc(err, "scheduler") from None
+
+    async def _create_one(self, request: workflow_service_pb2.CreateWorkflowRequest, metadata: Metadata) -> Workflow:
+        response = await self._workflows.CreateWorkflow(request, metadata=metadata, timeout=CREATE_TIMEOUT_SECONDS)
         return response.workflow
+
+    async def _create_many(self, request: workflow_service_pb2.CreateWorkflowsRequest,
+                           metadata: Metadata) -> workflow_service_pb2.CreateWorkflowsResponse:
+        response: workflow_service_pb2.CreateWorkflowsResponse = await self._workflows.CreateWorkflows(
+            request, metadata=metadata, timeout=CREATE_TIMEOUT_SECONDS)
+        return response
 
     async def get_workflow(self, auth: str, workflow_id: str) -> Workflow:
         try:

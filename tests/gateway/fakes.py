@@ -35,6 +35,7 @@ from services.common.errors import (
     PermissionDenied,
     TooLarge,
     Unauthenticated,
+    status_proto_for,
 )
 from services.common.grpc_server import maps_domain_errors
 
@@ -83,6 +84,8 @@ class FakeScheduler(user_service_pb2_grpc.UserServiceServicer, workflow_service_
     created: list[workflow_service_pb2.CreateWorkflowRequest] = field(default_factory=list)
     list_requests: list[workflow_service_pb2.ListWorkflowsRequest] = field(default_factory=list)
     create_error: ComfyfleetError | None = None
+    batches: list[int] = field(default_factory=list)  # CreateWorkflows calls: items in each
+    create_gate: asyncio.Event | None = None  # set: creates wait for it after being recorded
     get_user_calls: int = 0
     # Watch scripts: workflow id -> messages; None = wait until the client cancels,
     # a float = sleep that long, an error = end the stream with it.
@@ -115,12 +118,36 @@ class FakeScheduler(user_service_pb2_grpc.UserServiceServicer, workflow_service_
     ) -> workflow_service_pb2.CreateWorkflowResponse:
         _authenticate(context)
         self.created.append(request)
+        if self.create_gate is not None:
+            await self.create_gate.wait()
         if self.create_error is not None:
             raise self.create_error
         wf = make_workflow(request.id, name=request.name, tags=list(request.tags), priority=request.priority,
                            workflow_json=request.workflow_json)
         self.workflows[wf.id] = wf
         return workflow_service_pb2.CreateWorkflowResponse(workflow=wf)
+
+    @maps_domain_errors
+    async def CreateWorkflows(
+        self, request: workflow_service_pb2.CreateWorkflowsRequest, context: Context
+    ) -> workflow_service_pb2.CreateWorkflowsResponse:
+        """Each item as CreateWorkflow takes it (`create_error` refuses every item on its own)."""
+        _authenticate(context)
+        self.batches.append(len(request.items))
+        if self.create_gate is not None:
+            await self.create_gate.wait()
+        results = []
+        for item in request.items:
+            self.created.append(item)
+            if self.create_error is not None:
+                error = status_proto_for(self.create_error).SerializeToString()
+                results.append(workflow_service_pb2.CreateWorkflowResult(error_status=error))
+                continue
+            wf = make_workflow(item.id, name=item.name, tags=list(item.tags), priority=item.priority,
+                               workflow_json=item.workflow_json)
+            self.workflows[wf.id] = wf
+            results.append(workflow_service_pb2.CreateWorkflowResult(workflow=wf))
+        return workflow_service_pb2.CreateWorkflowsResponse(results=results)
 
     def _find(self, workflow_id: str) -> workflow_pb2.Workflow:
         if workflow_id not in self.workflows:

@@ -107,16 +107,12 @@ class WebhookWorkflowServicer(WorkflowServicer):
         super().__init__(identity, workflows)
         self.webhooks = webhooks
 
-    @maps_domain_errors
-    async def CreateWorkflow(self, request: workflow_service_pb2.CreateWorkflowRequest,
-                             context: Context) -> workflow_service_pb2.CreateWorkflowResponse:
-        user = await caller(self.identity, context)
+    async def create(self, user: UserRow, request: workflow_service_pb2.CreateWorkflowRequest) -> workflow_pb2.Workflow:
         if not request.webhook_url:
-            return workflow_service_pb2.CreateWorkflowResponse(workflow=await self.workflows.create(user, request))
+            return await self.workflows.create(user, request)
         request.id = _workflow_id(request.id, "id")
-        workflow = await _create_with_url(self.webhooks, user, request.id, request.webhook_url,
-                                          lambda: self.workflows.create(user, request))
-        return workflow_service_pb2.CreateWorkflowResponse(workflow=workflow)
+        return await _create_with_url(self.webhooks, user, request.id, request.webhook_url,
+                                      lambda: self.workflows.create(user, request))
 
 
 class WebhookTemplateServicer(TemplateServicer):
