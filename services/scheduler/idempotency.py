@@ -1,11 +1,12 @@
 """Idempotency-Key on creates, reruns and template runs.
 
 A request's fingerprint is the sha256 of its canonical content: the operation (and its
-source workflow or template), the fields, and each input (a file by its sha256, size and
-name, not by where this attempt stored it). The first successful request stores its answer
-under (user, key) in the transaction that creates the workflow; within 24 h the same key
-with the same fingerprint gets that answer back, with another fingerprint a 409. Failed
-requests store nothing, so a client may retry them with the same key.
+source workflow or template), the fields (a webhook_url too, when there is one), and each
+input (a file by its sha256, size and name, not by where this attempt stored it). The
+first successful request stores its answer under (user, key) in the transaction that
+creates the workflow; within 24 h the same key with the same fingerprint gets that answer
+back, with another fingerprint a 409. Failed requests store nothing, so a client may retry
+them with the same key.
 """
 
 from __future__ import annotations
@@ -57,11 +58,14 @@ def _inputs(inputs: Iterable[workflow_service_pb2.WorkflowInput]) -> list[list[o
     return sorted(canonical, key=json.dumps)
 
 
-def claim(key: str, operation: str, inputs: Iterable[workflow_service_pb2.WorkflowInput],
-          **fields: object) -> Claim | None:
-    """The claim of a request (None without a key)."""
+def claim(key: str, operation: str, inputs: Iterable[workflow_service_pb2.WorkflowInput], *,
+          webhook_url: str = "", **fields: object) -> Claim | None:
+    """The claim of a request (None without a key). `webhook_url` counts only when set, so
+    the fingerprints of requests without one are what they were before it existed."""
     if not key:
         return None
     content = {"operation": operation, "inputs": _inputs(inputs), **fields}
+    if webhook_url:
+        content["webhook_url"] = webhook_url
     digest = hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     return Claim(check_key(key), digest)

@@ -103,7 +103,7 @@ class Templates:
     async def run(self, user: UserRow, req: template_service_pb2.RunTemplateRequest) -> workflow_pb2.Workflow:
         template = await self.store.get(req.id, user.id)
         claim = idempotency.claim(req.idempotency_key, f"template:{template.id}", req.inputs, name=req.name,
-                                  tags=list(req.tags), priority=req.priority)
+                                  tags=list(req.tags), priority=req.priority, webhook_url=req.webhook_url)
         return await self.workflows.create(user, workflow_service_pb2.CreateWorkflowRequest(
             id=req.workflow_id, name=req.name or template.name, workflow_json=template.body,
             tags=req.tags, inputs=req.inputs, priority=req.priority,

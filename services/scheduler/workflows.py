@@ -96,7 +96,8 @@ class Workflows:
         makes it from `req.idempotency_key`."""
         if claim is None:
             claim = idempotency.claim(req.idempotency_key, "create", req.inputs, name=req.name,
-                                      workflow_json=req.workflow_json, tags=list(req.tags), priority=req.priority)
+                                      workflow_json=req.workflow_json, tags=list(req.tags), priority=req.priority,
+                                      webhook_url=req.webhook_url)
         if claim is not None and (replayed := await self.store.replay(user.id, claim)) is not None:
             return replayed
         try:

@@ -303,3 +303,22 @@ def test_pending_deliveries_resume_after_a_scheduler_restart(fleet: Fleet, recei
     assert log[0]["attempts"][0]["status_code"] == 200 and len(log) == 1
     assert len({r.headers["webhook-id"] for r in receiver.at("/later")}) == 1
     assert fleet.client.delete(f"/v1/webhook/{hook['id']}").status_code == 204
+
+
+def test_an_idempotency_key_with_another_webhook_url_is_another_request(fleet: Fleet, receiver: Receiver) -> None:
+    from tests.integration.fleet import WORKFLOW, png
+
+    def submit(url: str) -> Any:
+        return fleet.client.post(
+            "/v1/workflow", headers={"Idempotency-Key": "hook-key-1"},
+            data={"name": "keyed", "$prefix": "keyed", "webhook_url": url},
+            files={"workflow_json": ("w.json", json.dumps(WORKFLOW), "application/json"),
+                   "$photo": ("p.png", png((4, 5, 6)), "image/png")})
+
+    first = submit(receiver.url("/keyed-a"))
+    assert first.status_code == 201, first.text
+    again = submit(receiver.url("/keyed-a"))
+    assert (again.status_code, again.json()) == (201, first.json())  # a replay of the first answer
+    other = submit(receiver.url("/keyed-b"))
+    assert other.status_code == 409, other.text
+    assert other.json()["reason"] == "IDEMPOTENCY_KEY_REUSED"
