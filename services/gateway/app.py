@@ -41,6 +41,7 @@ from services.gateway.storage_client import GrpcStorage
 CHANNEL_CLOSE_GRACE_SECONDS = 1.0
 
 SUBSCRIBE = Route("/v1/workflow/{id}/subscribe", subscribe_routes.subscribe, methods=["GET"])
+EVENTS = Route("/v1/events", events_routes.events, methods=["GET"])
 ROUTES = [
     Route("/healthz", health_routes.healthz, methods=["GET"]),
     Route("/readyz", health_routes.readyz, methods=["GET"]),
@@ -55,7 +56,7 @@ ROUTES = [
     Route("/v1/workflow/{id}/cancel", workflow_routes.cancel_workflow, methods=["POST"]),
     SUBSCRIBE,
     Route("/v1/workflow/{id}/outputs", workflow_routes.list_outputs, methods=["GET"]),
-    Route("/v1/events", events_routes.events, methods=["GET"]),
+    EVENTS,
     Route("/v1/runner", runner_routes.create_runner, methods=["POST"]),
     Route("/v1/runner", runner_routes.list_runners, methods=["GET"]),
     Route("/v1/runner/{id}", runner_routes.get_runner, methods=["GET"]),
@@ -130,7 +131,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
 class GatewayApp(Starlette):
     """The Starlette app, except that the routes in BARE_ROUTES (SSE streams, thousands open at
     once) are answered before its middleware: such a route's app does itself what the
-    middleware does (subscribe_routes.py), and an open stream holds no middleware frames and
+    middleware does (sse.EventStream), and an open stream holds no middleware frames and
     passes no middleware on each write. The routes stay in ROUTES for 405s, OpenAPI and the
     metrics' route names."""
 
@@ -146,4 +147,4 @@ class GatewayApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
-BARE_ROUTES = [SUBSCRIBE]  # GET and HEAD
+BARE_ROUTES = [SUBSCRIBE, EVENTS]  # GET and HEAD

@@ -24,7 +24,8 @@ class Gateway:
     storage: Storage
     # Dependency name -> channel, for the readiness probe's gRPC health checks.
     channels: Mapping[str, grpc.aio.Channel]
-    # Shared WatchWorkflow streams, one per watched workflow, fanned out to SSE subscribers.
+    # SSE feeds: shared WatchWorkflow streams (one per watched workflow) fanned out to
+    # subscribers, and one unshared feed per /v1/events subscriber.
     feeds: Feeds
 
 

@@ -16,27 +16,30 @@ Where it starts:
 - Last-Event-ID 0: the stored history, its newest REPLAY_ALL_EVENTS events, then live ones.
 ?workflow_id= keeps only that workflow's events (ids stay user_seq, so resuming works).
 
-One EventService.WatchEvents stream per subscriber. The stream never ends by itself: when the
-scheduler ends the watch (this gateway fell behind its buffer), it is reopened after the last
-event sent. A client that stops reading is dropped after GATEWAY_SSE_STALL_SECONDS; a
-scheduler error ends the stream; either way the client resumes with Last-Event-ID.
+One EventService.WatchEvents stream per subscriber, read by a feed of its own
+(`Feeds.follow`, services.gateway.feeds). The stream never ends by itself: when the scheduler
+ends the watch (this gateway fell behind its buffer), it is reopened after the last event
+it gave. A client that stops reading is dropped after GATEWAY_SSE_STALL_SECONDS, or when it falls
+GATEWAY_SSE_BUFFER_FRAMES behind; a scheduler error ends the stream; either way the client
+resumes with Last-Event-ID.
+
+The route is an `sse.EventStream`, as GET /v1/workflow/{id}/subscribe is: answered before
+Starlette's middleware, it does the request id, access line, metrics, rate limit and error
+body itself (services.gateway.sse); this module is its part, the checks and the subscription.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
-from collections.abc import AsyncIterator
-from contextlib import aclosing
 
 from comfyfleet.scheduler.v1 import workflow_pb2
 from starlette.requests import Request
-from starlette.responses import Response
 
 from services.gateway import presenters, sse
 from services.gateway.context import Gateway, bearer, gateway
-from services.gateway.errors import ComfyfleetError, Unavailable
+from services.gateway.errors import Unavailable
+from services.gateway.feeds import Subscription
 from services.gateway.scheduler_client import EventsWatch
 from services.gateway.storage_client import Storage
 from services.gateway.workflow_form import invalid_field
@@ -44,20 +47,19 @@ from services.gateway.workflow_routes import presign_all
 
 log = logging.getLogger(__name__)
 
+ROUTE = "/v1/events"
 # Last-Event-ID 0 replays at most this many of the newest stored events.
 REPLAY_ALL_EVENTS = 1000
 # Before reopening a watch the scheduler ended (so a watch that keeps ending cannot spin).
 REOPEN_PAUSE_SECONDS = 0.2
 
-_INT64_MAX = 2**63 - 1
-_DIGITS = re.compile(r"[0-9]{1,19}")
 
-
-async def events(request: Request) -> Response:
-    """GET /v1/events: SSE of the caller's events; resumes after Last-Event-ID (or ?last_event_id=)."""
+async def _subscribe(request: Request) -> tuple[Subscription, bytes | None]:
+    """The subscription to the caller's events after the cursor (Last-Event-ID or
+    ?last_event_id=), and, for a live start, the id-only frame to send first."""
     gw = gateway(request)
     auth = bearer(request)
-    cursor = _last_event_id(request)
+    cursor = sse.last_event_id(request)
     only = _workflow_filter(request)
     if cursor is None:
         watch = gw.scheduler.watch_events(auth, after_user_seq=0, replay=False, max_replay=0)
@@ -76,20 +78,7 @@ async def events(request: Request) -> Response:
     if cursor is None:
         cursor = first.started_at_user_seq
         start = f"id: {cursor}\n\n".encode()  # no data: sets the client's last id, no event
-    return sse.EventStreamResponse(_event_stream(gw, auth, watch, cursor, only, start),
-                                   stall_seconds=gw.settings.sse_stall_seconds)
-
-
-def _last_event_id(request: Request) -> int | None:
-    header = request.headers.get("last-event-id")
-    raw = header if header is not None else request.query_params.get("last_event_id")
-    if raw is None:
-        return None
-    raw = raw.strip()
-    if not _DIGITS.fullmatch(raw) or int(raw) > _INT64_MAX:
-        name = "Last-Event-ID" if header is not None else "last_event_id"
-        raise invalid_field(name, f"{name} must be an integer >= 0", value=raw)
-    return int(raw)
+    return gw.feeds.follow("the fleet-wide events of a caller", _FleetFrames(gw, auth, watch, cursor, only)), start
 
 
 def _workflow_filter(request: Request) -> str | None:
@@ -101,37 +90,38 @@ def _workflow_filter(request: Request) -> str | None:
     return raw.strip()
 
 
-async def _event_stream(gw: Gateway, auth: str, watch: EventsWatch, cursor: int, only: str | None,
-                        start: bytes | None) -> AsyncIterator[bytes]:
-    """retry, `start` (if any), then a frame per event after `cursor` (keep-alives when idle),
-    reopening the watch after the last event whenever the scheduler ends it."""
-    keepalive = sse.comment("keepalive")
-    try:
-        yield sse.retry()
-        if start is not None:
-            yield start
+class _FleetFrames:
+    """The frames of the caller's events after `cursor` (only workflow `only`'s, if set), each
+    with id = user_seq, reopening the watch after the last event whenever the scheduler ends it."""
+
+    def __init__(self, gw: Gateway, auth: str, watch: EventsWatch, cursor: int, only: str | None) -> None:
+        self._gw = gw
+        self._auth = auth
+        self._watch = watch
+        self._cursor = cursor
+        self._only = only
+
+    async def next(self) -> tuple[int, bytes] | None:
         while True:
-            async with aclosing(sse.with_keepalive(watch.next, gw.settings.sse_keepalive_seconds)) as messages:
-                async for message in messages:
-                    if message is None:
-                        yield keepalive
-                        continue
-                    if message.WhichOneof("message") != "event" or message.event.user_seq <= cursor:
-                        continue
-                    event = message.event
-                    cursor = event.user_seq
-                    if only is not None and event.workflow_id != only:
-                        continue
-                    if (frame := await render(gw.storage, event)) is not None:
-                        yield frame
-            watch.cancel()
-            log.info("the scheduler ended a fleet-wide watch; reopening it after %d", cursor)
-            await asyncio.sleep(REOPEN_PAUSE_SECONDS)
-            watch = gw.scheduler.watch_events(auth, after_user_seq=cursor, replay=True, max_replay=0)
-    except ComfyfleetError as err:
-        log.info("fleet-wide stream ended: %s (%s)", err.message, err.reason)
-    finally:
-        watch.cancel()
+            message = await self._watch.next()
+            if message is None:
+                self._watch.cancel()
+                log.info("the scheduler ended a fleet-wide watch; reopening it after %d", self._cursor)
+                await asyncio.sleep(REOPEN_PAUSE_SECONDS)
+                self._watch = self._gw.scheduler.watch_events(self._auth, after_user_seq=self._cursor, replay=True,
+                                                              max_replay=0)
+                continue
+            if message.WhichOneof("message") != "event" or message.event.user_seq <= self._cursor:
+                continue
+            event = message.event
+            self._cursor = event.user_seq
+            if self._only is not None and event.workflow_id != self._only:
+                continue
+            if (frame := await render(self._gw.storage, event)) is not None:
+                return event.user_seq, frame
+
+    def cancel(self) -> None:
+        self._watch.cancel()
 
 
 async def render(storage: Storage, event: workflow_pb2.WorkflowEvent) -> bytes | None:
@@ -141,3 +131,6 @@ async def render(storage: Storage, event: workflow_pb2.WorkflowEvent) -> bytes |
         return None
     name, data = framed
     return sse.json_frame({**data, "workflow_id": event.workflow_id}, event=name, id=event.user_seq)
+
+
+events = sse.EventStream(ROUTE, _subscribe)

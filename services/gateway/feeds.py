@@ -22,6 +22,11 @@ is dropped by `Feeds`' stall check (through `on_stall`, which closes its connect
 slow reader cannot slow anyone else. Keep-alives come from one timer for all subscriptions
 (`Feeds`), not one per connection. A feed ends when the scheduler ends the watch (after the
 terminal status, or on an error) or when its last subscriber leaves.
+
+The fleet-wide stream (GET /v1/events, events_routes.py) has one WatchEvents stream per
+subscriber, so its feed is not shared (`Feeds.follow`): the same subscription, timers and
+drops, over frames the route makes itself; such a feed holds only the frames its one
+subscriber has not read yet.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import enum
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from services.common.errors import ComfyfleetError
 from services.gateway.scheduler_client import WatchMessage, WorkflowWatch
@@ -38,6 +44,14 @@ from services.gateway.scheduler_client import WatchMessage, WorkflowWatch
 log = logging.getLogger(__name__)
 
 Render = Callable[[WatchMessage], Awaitable[bytes | None]]
+
+
+class Frames(Protocol):
+    """What a feed publishes: `next()` gives (seq, frame) in seq order, None at the end;
+    `cancel()` stops the stream it reads."""
+
+    async def next(self) -> tuple[int, bytes] | None: ...
+    def cancel(self) -> None: ...
 
 
 class Idle(enum.Enum):
@@ -118,6 +132,7 @@ class Subscription:
         frames = feed.frames(self.position, feed.published)
         self.position = feed.published
         self.keepalive_due = False
+        feed.read_up()
         return frames
 
     async def next(self) -> bytes | Idle | None:
@@ -152,14 +167,32 @@ class Subscription:
             waiter.set_result(None)
 
 
-class Feed:
-    """One watch of one workflow, fanned out to its subscriptions."""
+class _WorkflowFrames:
+    """The frames of a WatchWorkflow stream: one per event it renders (the seq is the event's)."""
 
-    def __init__(self, workflow_id: str, watch: WorkflowWatch, start: int, render: Render,
-                 history: int, keep: int, on_end: Callable[[Feed], None]) -> None:
-        self.workflow_id = workflow_id
+    def __init__(self, watch: WorkflowWatch, render: Render) -> None:
         self._watch = watch
         self._render = render
+
+    async def next(self) -> tuple[int, bytes] | None:
+        while (message := await self._watch.next()) is not None:
+            if message.WhichOneof("message") == "event" and (frame := await self._render(message)) is not None:
+                return message.event.seq, frame
+        return None
+
+    def cancel(self) -> None:
+        self._watch.cancel()
+
+
+class Feed:
+    """One stream of frames (a watch of one workflow, unless `workflow_id` is None: a feed of
+    its own, not shared), fanned out to its subscriptions. `history` 0: nobody joins later."""
+
+    def __init__(self, name: str, source: Frames, start: int, history: int, keep: int,
+                 on_end: Callable[[Feed], None], workflow_id: str | None = None) -> None:
+        self.name = name  # for the logs
+        self.workflow_id = workflow_id
+        self._source = source
         self._on_end = on_end
         self.start = start  # the feed has every event after this seq
         self.history = history
@@ -186,6 +219,11 @@ class Feed:
             return recent[begin - self.published][1]
         return b"".join(recent[i][1] for i in range(begin - self.published, end - self.published))
 
+    def read_up(self) -> None:
+        """A subscription read every frame: a feed that nobody joins (history 0) lets them go."""
+        if not self.history:
+            self.recent.clear()
+
     def attach(self, cursor: int, capacity: int) -> Subscription:
         after = sum(1 for seq, _ in list(self.recent)[-self.history:] if seq > cursor)
         subscription = Subscription(self, self.published - after, capacity)
@@ -194,7 +232,7 @@ class Feed:
         return subscription
 
     def run(self) -> None:
-        self._task = asyncio.create_task(self._pump(), name=f"feed {self.workflow_id}")
+        self._task = asyncio.create_task(self._pump(), name=f"feed of {self.name}")
 
     def leave(self, subscription: Subscription) -> None:
         self.subscriptions.discard(subscription)
@@ -211,33 +249,27 @@ class Feed:
 
     async def _pump(self) -> None:
         try:
-            while True:
-                message = await self._watch.next()
-                if message is None:
-                    return
-                frame = await self._render(message)
-                if frame is None or message.WhichOneof("message") != "event":
-                    continue
-                self.recent.append((message.event.seq, frame))
+            while (item := await self._source.next()) is not None:
+                self.recent.append(item)
                 self.published += 1
                 published = self.published
                 for subscription in self.subscriptions:
                     subscription.publish(published)
         except ComfyfleetError as err:
-            log.info("watch of workflow %s ended: %s (%s)", self.workflow_id, err.message, err.reason)
+            log.info("watch of %s ended: %s (%s)", self.name, err.message, err.reason)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("watch of workflow %s failed", self.workflow_id)
+            log.exception("watch of %s failed", self.name)
         finally:
-            self._watch.cancel()
+            self._source.cancel()
             self._finish()
 
     def _finish(self) -> None:
         if self.ended:
             return
         self.ended = True
-        self._watch.cancel()  # here too: a pump task cancelled before it ran never reaches its finally
+        self._source.cancel()  # here too: a pump task cancelled before it ran never reaches its finally
         for subscription in list(self.subscriptions):
             subscription.end()
         self._on_end(self)
@@ -272,9 +304,17 @@ class Feeds:
     def open(self, workflow_id: str, watch: WorkflowWatch, start: int) -> Subscription:
         """A new feed over `watch` (which yields the events after `start`), with its first
         subscription. It is shared unless another feed of that workflow is running."""
-        feed = Feed(workflow_id, watch, start, self._render, self.history, self.capacity, self._ended)
+        feed = Feed(f"workflow {workflow_id}", _WorkflowFrames(watch, self._render), start, self.history,
+                    self.capacity, self._ended, workflow_id)
         if not self.has(workflow_id):
             self._shared[workflow_id] = feed
+        return self._run(feed, start)
+
+    def follow(self, name: str, source: Frames) -> Subscription:
+        """A feed of its own over `source` (not shared: nobody joins it), with its subscription."""
+        return self._run(Feed(name, source, 0, 0, self.capacity, self._ended), 0)
+
+    def _run(self, feed: Feed, start: int) -> Subscription:
         self._all.add(feed)
         subscription = feed.attach(start, self.capacity)
         feed.run()
@@ -289,7 +329,8 @@ class Feeds:
         return sum(len(f.subscriptions) for f in self._all if f.workflow_id == workflow_id)
 
     def watch_count(self) -> int:
-        return len(self._all)
+        """The WatchWorkflow streams held open (the feeds of workflows)."""
+        return sum(1 for feed in self._all if feed.workflow_id is not None)
 
     async def close(self) -> None:
         for timer in self._timers:
@@ -322,5 +363,5 @@ class Feeds:
 
     def _ended(self, feed: Feed) -> None:
         self._all.discard(feed)
-        if self._shared.get(feed.workflow_id) is feed:
+        if feed.workflow_id is not None and self._shared.get(feed.workflow_id) is feed:
             del self._shared[feed.workflow_id]

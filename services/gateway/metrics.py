@@ -2,7 +2,7 @@
 
     comfyfleet_http_requests_total{method, route, status}
     comfyfleet_http_request_seconds{method, route}   time until the response headers
-    comfyfleet_sse_subscribers                       SSE streams open now (GET .../subscribe)
+    comfyfleet_sse_subscribers                       SSE streams open now (.../subscribe, /v1/events)
     comfyfleet_sse_watches                           WatchWorkflow streams held open to the scheduler
 
 `route` is the route's path template (`/v1/workflow/{id}`), never the raw path, so ids do
@@ -60,7 +60,6 @@ class MetricsMiddleware:
             return
         method, route = scope.get("method", ""), route_template(self.routes, scope)
         started = time.perf_counter()
-        streams = route == SUBSCRIBE_ROUTE
 
         async def timed_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -68,11 +67,7 @@ class MetricsMiddleware:
                 self.metrics.requests.labels(method, route, str(message["status"])).inc()
             await send(message)
 
-        if not streams:
-            await self.app(scope, receive, timed_send)
-            return
-        with self.metrics.sse_subscribers.track_inprogress():
-            await self.app(scope, receive, timed_send)
+        await self.app(scope, receive, timed_send)
 
 
 async def metrics_route(request: Request) -> Response:

@@ -1,4 +1,4 @@
-"""Server-Sent Events: frame encoding, the keep-alive pump and a disconnect-aware response.
+"""Server-Sent Events: frame encoding, and `EventStream`, the bare ASGI app of an SSE route.
 
 Frames use `\n` line endings (the SSE spec accepts `\n`, `\r\n` and `\r`):
 
@@ -6,11 +6,17 @@ Frames use `\n` line endings (the SSE spec accepts `\n`, `\r\n` and `\r`):
     id: 7\nevent: progress\ndata: {"value": 3}\n\n       one per event
     : keepalive\n\n                                      when idle
 
-`EventStreamResponse` ends the body iterator (and so whatever it was reading, such as a gRPC
-call) as soon as the client disconnects, whatever the ASGI spec version of the server, and
-drops a client that stops reading: when one write has waited `stall_seconds` for the socket
-to drain (the kernel buffers and the server's are full), the response is abandoned and the
-server closes the connection. The client resumes with Last-Event-ID.
+Thousands of SSE streams stay open at once (GET /v1/workflow/{id}/subscribe, GET /v1/events),
+so their routes are bare ASGI apps that the gateway answers before Starlette's middleware
+(`GatewayApp` in app.py). `EventStream` does itself what that middleware does for the other
+routes, once per request: the request id and the access line (request_id.py), the metrics
+(metrics.py), the rate limit (rate_limit.py) and the error body (errors.py). The route gives
+only its `Subscribe` function: the checks, the bytes to send first, and the `Subscription`
+(feeds.py) whose frames follow. An open stream then holds one coroutine chain, a task that
+waits for the client's disconnect, and the subscription; it writes each batch of frames with
+one `send`. Keep-alives and dropping a client that stopped reading come from the two timers
+of `Feeds` (one each per process); a dropped client's connection is closed, and it resumes
+with Last-Event-ID.
 """
 
 from __future__ import annotations
@@ -18,23 +24,40 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+import re
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
-import anyio
-from starlette.responses import StreamingResponse
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import JSONResponse
 from starlette.types import Message, Receive, Scope, Send
 
+from services.common import logs
+from services.common.grpc_telemetry import usable_request_id
+from services.gateway.errors import ComfyfleetError, error_body, error_response
+from services.gateway.feeds import IDLE, Subscription
+from services.gateway.metrics import Metrics
+from services.gateway.rate_limit import RateLimiter, refusal
+from services.gateway.workflow_form import invalid_field
+
 log = logging.getLogger(__name__)
+access = logging.getLogger("services.gateway.access")  # the access line, as request_id.py writes it
 
 RETRY_MILLISECONDS = 3000
-HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-# The same response headers for a bare ASGI `http.response.start` (subscribe_routes.py).
-RAW_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-store"),
-               (b"x-accel-buffering", b"no")]
+_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-store"),
+            (b"x-accel-buffering", b"no")]
+
+_INT64_MAX = 2**63 - 1
+_DIGITS = re.compile(r"[0-9]{1,19}")
+_REQUEST_ID = "x-request-id"
 
 T = TypeVar("T")
+
+# A route's part of an SSE request: the subscription whose frames follow (None: the stream
+# ends after the first bytes) and the frames to send after `retry` (None: nothing).
+Subscribe = Callable[[Request], Awaitable[tuple[Subscription | None, bytes | None]]]
 
 
 def frame(data: str, *, event: str | None = None, id: int | str | None = None) -> bytes:
@@ -67,6 +90,22 @@ def _single_line(value: str) -> str:
     return value.replace("\r", " ").replace("\n", " ")
 
 
+_KEEPALIVE = comment("keepalive")
+
+
+def last_event_id(request: Request) -> int | None:
+    """Where the client resumes: its Last-Event-ID header, else ?last_event_id=; 400 unless an int64 >= 0."""
+    header = request.headers.get("last-event-id")
+    raw = header if header is not None else request.query_params.get("last_event_id")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    if not _DIGITS.fullmatch(raw) or int(raw) > _INT64_MAX:
+        field = "Last-Event-ID" if header is not None else "last_event_id"
+        raise invalid_field(field, f"{field} must be an integer >= 0", value=raw)
+    return int(raw)
+
+
 def transport_of(send: Send) -> asyncio.WriteTransport | None:
     """The connection's transport when the server shows it: uvicorn's ASGI `send` is a method
     of its request cycle, which holds it. ASGI has no message that closes a connection whose
@@ -76,85 +115,117 @@ def transport_of(send: Send) -> asyncio.WriteTransport | None:
     return cast(asyncio.WriteTransport, transport) if callable(getattr(transport, "abort", None)) else None
 
 
-async def with_keepalive(
-    next_item: Callable[[], Awaitable[T | None]], interval: float
-) -> AsyncGenerator[T | None, None]:
-    """Yields each item from `next_item()` until it returns None, and a None in between
-    whenever `interval` seconds pass without one (the caller writes a keep-alive then).
+class EventStream:
+    """The ASGI app of an SSE route (GET and HEAD): `subscribe` is the route's own part.
+    Reads the metrics and the rate limiter from the app (`app.state.metrics`,
+    `app.state.rate_limiter`); `route` is the metrics' label (the path template)."""
 
-    The pending read is never lost to a timeout: it is awaited again after the keep-alive,
-    and cancelled only when the consumer stops iterating.
-    """
-    pending: asyncio.Future[T | None] | None = None
-    try:
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(next_item())
-            done, _ = await asyncio.wait({pending}, timeout=interval)
-            if not done:
-                yield None
-                continue
-            item = pending.result()
-            pending = None
-            if item is None:
-                return
-            yield item
-    finally:
-        if pending is not None and not pending.done():
-            pending.cancel()
-
-
-class EventStreamResponse(StreamingResponse):
-    """A `text/event-stream` response that stops its iterator when the client goes away."""
-
-    media_type = "text/event-stream"
-
-    def __init__(
-        self, content: AsyncIterator[bytes], headers: dict[str, str] | None = None,
-        *, stall_seconds: float | None = None,
-    ) -> None:
-        super().__init__(content, headers={**HEADERS, **(headers or {})})
-        self.stall_seconds = stall_seconds
-        self.stalled = False
+    def __init__(self, route: str, subscribe: Subscribe) -> None:
+        self.route = route
+        self.subscribe = subscribe
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        loop = asyncio.get_running_loop()
-        sending_since: float | None = None  # when the write in progress began
+        started = time.perf_counter()
+        metrics: Metrics = scope["app"].state.metrics
+        reply = _Reply(send, usable_request_id(Headers(scope=scope).get(_REQUEST_ID)), metrics,
+                       (scope["method"], self.route), started)
+        metrics.sse_subscribers.inc()
+        bound = logs.request_id.set(reply.request_id)  # as logs.log_context does, without its generator
+        try:
+            opened = await _open(scope, receive, reply, self.subscribe)
+            if opened is not None:
+                await _stream(send, receive, *opened)
+        finally:
+            logs.request_id.reset(bound)
+            metrics.sse_subscribers.dec()
+            access.info('%s %s %d %.1f ms', scope["method"], scope["path"], reply.status,
+                        (time.perf_counter() - started) * 1000)
 
-        async def tracked_send(message: Message) -> None:
-            nonlocal sending_since
-            sending_since = loop.time()
-            await send(message)
-            sending_since = None
 
-        async def until_disconnect_or_stall() -> None:
-            # The stall is checked every stall/2 s here, not timed per write: one timer per
-            # subscriber, not one per frame (a write that blocks is dropped after 1 to 1.5 x stall).
-            stall = self.stall_seconds
-            while True:
-                with anyio.move_on_after(stall / 2 if stall else math.inf):
-                    if (await receive())["type"] == "http.disconnect":
-                        return
-                    continue
-                if stall and sending_since is not None and loop.time() - sending_since >= stall:
-                    self.stalled = True
-                    log.info("dropped an SSE client that read nothing for %.1f s", stall)
-                    return
+class _Reply:
+    """The response's start (with the request id, counted in the metrics), then raw `send`."""
 
-        async with anyio.create_task_group() as group:
+    __slots__ = ("labels", "metrics", "request_id", "send", "started", "status")
 
-            async def stream_then_stop() -> None:
-                try:
-                    await self.stream_response(tracked_send)
-                except OSError:
-                    pass  # the client went away while we were writing
-                group.cancel_scope.cancel()
+    def __init__(self, send: Send, request_id: str, metrics: Metrics, labels: tuple[str, str],
+                 started: float) -> None:
+        self.send = send
+        self.request_id = request_id
+        self.metrics = metrics
+        self.labels = labels  # method, route
+        self.started = started
+        self.status = 500  # unless a response starts
 
-            group.start_soon(stream_then_stop)
-            await until_disconnect_or_stall()
-            group.cancel_scope.cancel()
-        # A generator cancelled while suspended at a yield is not finalised by the
-        # cancellation; close it now so it releases what it holds (the gRPC call).
-        aclose = getattr(self.body_iterator, "aclose", None)
-        if aclose is not None:
-            await aclose()
+    async def send_first(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = int(message["status"])
+            headers = [*message.get("headers", []), (_REQUEST_ID.encode(), self.request_id.encode("latin-1"))]
+            message = {**message, "headers": headers}
+            self.metrics.seconds.labels(*self.labels).observe(time.perf_counter() - self.started)
+            self.metrics.requests.labels(*self.labels, str(self.status)).inc()
+        await self.send(message)
+
+
+async def _open(scope: Scope, receive: Receive, reply: _Reply,
+                subscribe: Subscribe) -> tuple[Subscription, bytes] | None:
+    """Answers the request up to the stream: the rate limit, the route's checks, the response's
+    start; then the subscription to stream and the bytes to write first (None when all is sent)."""
+    limiter: RateLimiter | None = getattr(scope["app"].state, "rate_limiter", None)
+    refused = refusal(limiter, scope, time.monotonic()) if limiter is not None else None
+    if refused is not None:
+        for message in refused:
+            await reply.send_first(message)
+        return None
+    try:
+        subscription, first = await subscribe(Request(scope, receive))
+    except ComfyfleetError as err:
+        await error_response(err)(scope, receive, reply.send_first)
+        return None
+    except Exception:
+        log.exception("unexpected error in %s %s", scope["method"], scope["path"])
+        await JSONResponse(error_body(500, "internal error", "INTERNAL"), status_code=500)(
+            scope, receive, reply.send_first)
+        return None
+    await reply.send_first({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+    body = retry() + (first or b"")
+    if subscription is None or scope["method"] == "HEAD":
+        if subscription is not None:
+            subscription.cancel()
+        await reply.send({"type": "http.response.body", "body": body, "more_body": False})
+        return None
+    return subscription, body
+
+
+async def _stream(send: Send, receive: Receive, subscription: Subscription, body: bytes) -> None:
+    """Writes `body`, then the subscription's frames (keep-alives when idle) until it ends:
+    when its feed ends, or when this subscriber fell too far behind or stopped reading (the
+    client reconnects with Last-Event-ID)."""
+    loop = asyncio.get_running_loop()
+    # A write blocked past the stall limit: close the connection (which ends that write), or, on
+    # a server that does not show its transport, cancel this task.
+    transport = transport_of(send)
+    subscription.on_stall = transport.abort if transport is not None else asyncio.current_task().cancel  # type: ignore[union-attr]
+    del transport
+    disconnect = asyncio.create_task(_until_disconnect(receive, subscription))
+    try:
+        while True:
+            subscription.writing_since = loop.time()
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+            subscription.writing_since = None
+            frames = await subscription.next()
+            if frames is None:
+                break
+            body = _KEEPALIVE if frames is IDLE else frames
+        if subscription.dropped:
+            log.info("dropped an SSE subscriber that fell %d frames behind", subscription.capacity)
+        if not subscription.gone:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        disconnect.cancel()
+        subscription.cancel()
+
+
+async def _until_disconnect(receive: Receive, subscription: Subscription) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    subscription.cancel()

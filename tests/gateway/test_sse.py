@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from services.gateway import sse
 
 
@@ -28,40 +26,3 @@ def test_json_frames_are_one_compact_line() -> None:
 def test_retry_and_comment() -> None:
     assert sse.retry() == b"retry: 3000\n\n"
     assert sse.comment("keepalive") == b": keepalive\n\n"
-
-
-async def test_keepalive_ticks_while_waiting_and_loses_nothing() -> None:
-    items: asyncio.Queue[str | None] = asyncio.Queue()
-
-    async def produce() -> None:
-        await items.put("a")
-        await asyncio.sleep(0.35)
-        await items.put("b")
-        await items.put(None)
-
-    producer = asyncio.create_task(produce())
-    seen = [item async for item in sse.with_keepalive(items.get, 0.1)]
-    await producer
-    assert seen[0] == "a" and seen[-1] == "b"
-    assert seen[1:-1] and all(item is None for item in seen[1:-1])  # keep-alive ticks in between
-
-
-async def test_stopping_the_iteration_cancels_the_pending_read() -> None:
-    started = asyncio.Event()
-    cancelled = asyncio.Event()
-
-    async def never() -> str | None:
-        started.set()
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        return None
-
-    pump = sse.with_keepalive(never, 0.05)
-    assert await anext(pump) is None
-    assert started.is_set()
-    await pump.aclose()
-    await asyncio.sleep(0)
-    assert cancelled.is_set()
