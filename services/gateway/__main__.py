@@ -9,7 +9,6 @@ import sys
 import uvicorn
 
 from services.common.logs import configure_logging
-from services.common.runtime import tune_interpreter
 from services.gateway.app import create_app
 from services.gateway.config import GatewaySettings
 from services.gateway.errors import InvalidSettings
@@ -34,7 +33,6 @@ def main() -> None:
     except InvalidSettings as err:
         sys.exit(f"gateway: {err}")
     configure_logging(settings.log_format)
-    tune_interpreter()
     raise_fd_limit()
     config = uvicorn.Config(
         create_app(settings),

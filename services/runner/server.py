@@ -27,7 +27,6 @@ from prometheus_client import REGISTRY
 
 from services.common.logs import configure_logging
 from services.common.metrics import MetricsListener
-from services.common.runtime import tune_interpreter
 from services.runner.agent import RunnerAgent
 from services.runner.comfyui_client import ComfyUIClient
 from services.runner.comfyui_feed import ComfyUIFeed
@@ -162,6 +161,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"runner: {err.message}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
-    tune_interpreter()
     asyncio.run(serve(settings))
     return 0

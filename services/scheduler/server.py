@@ -28,7 +28,6 @@ from comfyfleet.scheduler.v1 import (
 
 from services.common.logs import configure_logging
 from services.common.metrics import start_metrics
-from services.common.runtime import tune_interpreter
 from services.common.service_auth import Credential, Rules
 from services.scheduler.bootstrap import ensure_dev_tokens
 from services.scheduler.config import Settings
@@ -198,5 +197,4 @@ async def run(settings: Settings) -> int:
 def main() -> None:
     settings = Settings.from_env()
     configure_logging(settings.log_format)
-    tune_interpreter()
     sys.exit(asyncio.run(run(settings)))

@@ -8,7 +8,6 @@ import os
 import sys
 
 from services.common.logs import configure_logging
-from services.common.runtime import tune_interpreter
 from services.storage.config import load_settings
 from services.storage.errors import SettingsError
 from services.storage.server import run
@@ -22,7 +21,6 @@ def main() -> int:
         if not settings.security.service_token:  # else anyone reaching the port could read every object
             raise SettingsError("COMFYFLEET_SERVICE_TOKEN or COMFYFLEET_SERVICE_TOKEN_FILE is required")
         configure_logging(settings.log_format)
-        tune_interpreter()
         log.info(
             "storage: backend=%s %s listen=%s public_url=%s",
             settings.backend,
