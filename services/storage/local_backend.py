@@ -4,10 +4,13 @@
     <root>/data/<key>.meta.json    its sidecar: size, sha256, content type, inode of the bytes
     <root>/tmp/*.tmp               writes in flight; nothing else ever lives here
 
-A put streams into a temp file under tmp/ (same filesystem as data/, checked at start),
-hashing and counting as it goes, fsyncs it, then commits: sidecar temp written, bytes moved
-into place with os.replace, sidecar moved into place, directory fsynced. Commits and deletes
-of one key are serialised by an in-process lock, so concurrent puts leave one whole object.
+A put of up to SMALL_OBJECT_BYTES (most outputs) is received in memory and stored by one
+worker-thread call under the key's lock; a larger one streams into a temp file under tmp/
+(same filesystem as data/, checked at start), hashing and counting as it goes, and is fsynced
+before it takes the lock. Either way the commit is the same: bytes in an fsynced temp file,
+sidecar temp written and fsynced, bytes moved into place with os.replace, sidecar moved into
+place, directory fsynced. Commits and deletes of one key are serialised by an in-process
+lock, so concurrent puts leave one whole object.
 A reader opens the bytes first and trusts the sidecar only when it names that file's inode
 and size; otherwise it re-reads under the key's lock and, if a crash tore a commit, rebuilds
 the sidecar from the bytes. Temps left by a crash are removed at start. One storage process
@@ -21,12 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import logging
 import os
 import stat
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from pathlib import Path
 from typing import IO
 
@@ -54,15 +58,14 @@ from services.storage.local_files import (
     META_SUFFIX,
     FileChunks,
     KeyLocks,
-    create_temp,
-    discard,
-    flush_and_close,
+    Spill,
     fsync_dir,
     meta_bytes,
     meta_path,
     read_meta,
     run_whole,
     write_chunks,
+    write_last_chunks,
     write_temp,
 )
 
@@ -70,7 +73,35 @@ log = logging.getLogger(__name__)
 
 MAX_SEGMENT_BYTES = 255 - len(META_SUFFIX)
 WRITE_BATCH_BYTES = 1024 * 1024
+SMALL_OBJECT_BYTES = 256 * 1024  # a put up to this size is received in memory, stored in one worker call
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+@dataclasses.dataclass(slots=True)
+class _Head:
+    """The first bytes of a put, held in memory; `complete` when the stream ended within them."""
+
+    chunks: list[bytes]
+    size_bytes: int
+    complete: bool
+
+
+async def _read_head(key: str, max_size_bytes: int, stream: AsyncIterator[bytes]) -> _Head:
+    """Reads the stream until it ends or holds more than SMALL_OBJECT_BYTES, whichever comes first."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in stream:
+        size += len(chunk)
+        _check_size(key, size, max_size_bytes)
+        chunks.append(chunk)
+        if size > SMALL_OBJECT_BYTES:
+            return _Head(chunks, size, complete=False)
+    return _Head(chunks, size, complete=True)
+
+
+def _check_size(key: str, size: int, max_size_bytes: int) -> None:
+    if max_size_bytes and size > max_size_bytes:
+        raise ObjectTooLarge(f"object {key!r} is larger than the limit of {max_size_bytes} bytes")
 
 
 class LocalBackend:
@@ -107,41 +138,59 @@ class LocalBackend:
         self._check_key(key)
         content_type = validate_content_type(content_type)
         validate_max_size(max_size_bytes)
-        await asyncio.to_thread(self._check_placeable, key)
+        stream = aiter(chunks)
+        head = await _read_head(key, max_size_bytes, stream)
         try:
-            file, temp = await asyncio.to_thread(create_temp, self._tmp, "put-")
-            try:
-                ref, inode = await self._receive(key, content_type, max_size_bytes, chunks, file)
+            if head.complete:
                 async with self._locks.hold(key):
-                    await run_whole(self._commit, key, temp, meta_bytes(ref, inode))
-                return ref
-            finally:
-                # no-op once committed; shielded: a second cancellation (the call ending while
-                # this cleanup waits for a thread) must not leave the temp file behind
-                await run_whole(discard, file, temp)
+                    return await run_whole(self._store_whole, key, b"".join(head.chunks), content_type)
+            return await self._put_streamed(key, content_type, max_size_bytes, head, stream)
         except OSError as err:
             if err.errno in _DISK_FULL:
                 raise StorageFull(f"cannot store {key!r}: the storage disk or quota is full") from err
             raise
 
+    async def _put_streamed(
+        self, key: str, content_type: str, max_size_bytes: int, head: _Head, rest: AsyncIterator[bytes]
+    ) -> ObjectRef:
+        """A put too large to hold in memory: streamed into a temp file, fsynced, then committed."""
+        spill = Spill()
+        committed = False
+        try:
+            file, temp = await run_whole(self._open_temp, key, spill)
+            ref, inode = await self._receive(key, content_type, max_size_bytes, head, rest, file)
+            async with self._locks.hold(key):
+                await run_whole(self._commit, key, temp, meta_bytes(ref, inode))
+                committed = True
+            return ref
+        finally:
+            if spill.opened and not committed:
+                # shielded: a second cancellation (the call ending while this cleanup waits
+                # for a thread) must not leave the temp file behind
+                await run_whole(spill.discard)
+
     async def _receive(
-        self, key: str, content_type: str, max_size_bytes: int, chunks: AsyncIterable[bytes], file: IO[bytes]
+        self,
+        key: str,
+        content_type: str,
+        max_size_bytes: int,
+        head: _Head,
+        rest: AsyncIterator[bytes],
+        file: IO[bytes],
     ) -> tuple[ObjectRef, int]:
         hasher = hashlib.sha256()
-        size = 0
-        batch: list[bytes] = []
-        batch_bytes = 0
-        async for chunk in chunks:
+        size = head.size_bytes
+        batch = head.chunks
+        batch_bytes = size
+        async for chunk in rest:
             size += len(chunk)
-            if max_size_bytes and size > max_size_bytes:
-                raise ObjectTooLarge(f"object {key!r} is larger than the limit of {max_size_bytes} bytes")
+            _check_size(key, size, max_size_bytes)
             batch.append(chunk)
             batch_bytes += len(chunk)
             if batch_bytes >= WRITE_BATCH_BYTES:
                 await asyncio.to_thread(write_chunks, file, hasher, batch)
                 batch, batch_bytes = [], 0
-        await asyncio.to_thread(write_chunks, file, hasher, batch)
-        inode = await asyncio.to_thread(flush_and_close, file)
+        inode = await asyncio.to_thread(write_last_chunks, file, hasher, batch)
         return ObjectRef(key, size, hasher.hexdigest(), content_type), inode
 
     # -- get / stat -------------------------------------------------------------------------
@@ -193,7 +242,9 @@ class LocalBackend:
             self._check_key(key)
         if prefix:
             self._check_prefix(prefix)
-            targets.update(await asyncio.to_thread(self._keys_under, prefix))
+            targets.update(await asyncio.to_thread(self._keys_under_else_prune, prefix))
+        if not targets:  # e.g. the inputs of a workflow that had none: one thread hop in all
+            return 0
         deleted = 0
         for key in sorted(targets):
             async with self._locks.hold(key):
@@ -231,13 +282,32 @@ class LocalBackend:
         if leftovers:
             log.warning("removed %d unfinished writes from %s", len(leftovers), self._tmp)
 
-    def _check_placeable(self, key: str) -> None:
+    def _conflict(self, key: str) -> str | None:
+        """Why `key` cannot be stored (an object is its prefix, or it is a prefix), if it cannot."""
         path = self._path(key)
         for parent in reversed(path.relative_to(self._data).parents):
             if parent.parts and (self._data / parent).is_file():
-                raise KeyConflict(f"cannot store {key!r}: {parent.as_posix()!r} is an object")
+                return f"cannot store {key!r}: {parent.as_posix()!r} is an object"
         if path.is_dir():
-            raise KeyConflict(f"cannot store {key!r}: it is a prefix of other objects")
+            return f"cannot store {key!r}: it is a prefix of other objects"
+        return None
+
+    def _open_temp(self, key: str, spill: Spill) -> tuple[IO[bytes], Path]:
+        """A temp file for a streamed put, once the key is known to be placeable (before the upload)."""
+        if conflict := self._conflict(key):
+            raise KeyConflict(conflict)
+        return spill.open(self._tmp, "put-")
+
+    def _store_whole(self, key: str, data: bytes, content_type: str) -> ObjectRef:
+        """Stores an object received whole: temp file, fsync and commit in one worker call."""
+        ref = ObjectRef(key, len(data), hashlib.sha256(data).hexdigest(), content_type)
+        temp = write_temp(self._tmp, "put-", data)
+        try:
+            self._commit(key, temp, meta_bytes(ref, os.stat(temp).st_ino))
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        return ref
 
     def _commit(self, key: str, temp: Path, meta: bytes) -> None:
         path = self._path(key)
@@ -245,8 +315,9 @@ class LocalBackend:
         try:
             self._place(key, temp, path)
             os.replace(meta_temp, meta_path(path))
-        finally:
+        except BaseException:
             meta_temp.unlink(missing_ok=True)
+            raise
         fsync_dir(path.parent)
 
     def _place(self, key: str, temp: Path, path: Path) -> None:
@@ -256,10 +327,9 @@ class LocalBackend:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(temp, path)
                 return
-            except (FileExistsError, NotADirectoryError):
-                raise KeyConflict(f"cannot store {key!r}: a prefix of it is an object") from None
-            except IsADirectoryError:
-                raise KeyConflict(f"cannot store {key!r}: it is a prefix of other objects") from None
+            except (FileExistsError, NotADirectoryError, IsADirectoryError):
+                conflict = self._conflict(key) or f"cannot store {key!r}: a prefix of it is an object"
+                raise KeyConflict(conflict) from None
             except FileNotFoundError:
                 if not temp.exists():
                     raise
@@ -310,6 +380,13 @@ class LocalBackend:
             for name in files:
                 relative = (Path(directory) / name.removesuffix(META_SUFFIX)).relative_to(self._data)
                 keys.add(relative.as_posix())
+        return keys
+
+    def _keys_under_else_prune(self, prefix: str) -> set[str]:
+        """The keys under `prefix`; when there are none, prunes what is left of it right away."""
+        keys = self._keys_under(prefix)
+        if not keys:
+            self._prune((), prefix)
         return keys
 
     def _unlink(self, key: str) -> bool:

@@ -74,19 +74,41 @@ def write_chunks(file: IO[bytes], hasher: Any, chunks: list[bytes]) -> None:
         file.write(chunk)
 
 
-def flush_and_close(file: IO[bytes]) -> int:
-    """Makes a written temp file durable and closes it; returns its inode."""
+def write_last_chunks(file: IO[bytes], hasher: Any, chunks: list[bytes]) -> int:
+    """Writes the last batch, makes the temp file durable and closes it; returns its inode."""
     with file:
+        write_chunks(file, hasher, chunks)
         file.flush()
         os.fsync(file.fileno())
         return os.fstat(file.fileno()).st_ino
 
 
-def discard(file: IO[bytes], temp: Path) -> None:
-    """Closes and removes an uncommitted temp file (a no-op once it was committed)."""
-    with contextlib.suppress(OSError):  # closing flushes, which fails again on a full disk
-        file.close()
-    temp.unlink(missing_ok=True)
+class Spill:
+    """The temp file a streamed put writes to, remembered by the put that asked for it.
+
+    `open` runs in a worker thread; if the put is cancelled while it runs, the put never sees
+    the returned file, but this record of it lets `discard` still close and remove it.
+    """
+
+    def __init__(self) -> None:
+        self._opened: tuple[IO[bytes], Path] | None = None
+
+    def open(self, directory: Path, prefix: str) -> tuple[IO[bytes], Path]:
+        self._opened = create_temp(directory, prefix)
+        return self._opened
+
+    @property
+    def opened(self) -> bool:
+        return self._opened is not None
+
+    def discard(self) -> None:
+        """Closes and removes the temp file (a no-op once it was committed)."""
+        if self._opened is None:
+            return
+        file, temp = self._opened
+        with contextlib.suppress(OSError):  # closing flushes, which fails again on a full disk
+            file.close()
+        temp.unlink(missing_ok=True)
 
 
 def fsync_dir(directory: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import os
@@ -13,7 +14,7 @@ import pytest
 
 from services.storage import local_backend as local_backend_module
 from services.storage.errors import InvalidKey, KeyConflict, ObjectNotFound, ObjectTooLarge, StorageFull
-from services.storage.local_backend import LocalBackend
+from services.storage.local_backend import SMALL_OBJECT_BYTES, LocalBackend
 
 from .conftest import files_under
 from .contract import BackendContract, MiB, chunked, put_bytes, read, sha
@@ -96,6 +97,24 @@ async def test_a_cancelled_put_leaves_nothing_behind(local_backend: LocalBackend
     assert files_under(root) == []
 
 
+async def test_a_streamed_put_cancelled_while_its_temp_file_opens_leaves_nothing_behind(
+    local_backend: LocalBackend, root: Path
+) -> None:
+    async def stalls() -> AsyncIterator[bytes]:
+        yield os.urandom(SMALL_OBJECT_BYTES + 1)  # too large to hold: a temp file is opened now
+        await asyncio.Event().wait()
+        yield b"never"
+
+    for ticks in range(30):  # cancelled after 0, 1, 2, ... turns of the loop: before, during, after the open
+        put = asyncio.create_task(local_backend.put("inputs/wf1/p/a.bin", stalls()))
+        for _ in range(ticks):
+            await asyncio.sleep(0)
+        put.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await put
+        assert files_under(root) == [], ticks
+
+
 async def test_deletes_remove_emptied_directories(local_backend: LocalBackend, root: Path) -> None:
     await put_bytes(local_backend, "inputs/wf1/a/x.png", b"x")
     await put_bytes(local_backend, "inputs/wf1/b/c/y.png", b"y")
@@ -107,13 +126,82 @@ async def test_deletes_remove_emptied_directories(local_backend: LocalBackend, r
     assert (root / "data").is_dir()
 
 
-async def test_a_key_cannot_be_both_an_object_and_a_prefix(local_backend: LocalBackend) -> None:
+@pytest.mark.parametrize("size", [10, SMALL_OBJECT_BYTES + 1])  # held in memory, streamed to a temp file
+async def test_a_key_cannot_be_both_an_object_and_a_prefix(local_backend: LocalBackend, root: Path, size: int) -> None:
     await put_bytes(local_backend, "inputs/wf1", b"object")
-    with pytest.raises(KeyConflict):
-        await put_bytes(local_backend, "inputs/wf1/p/a.png", b"x")
+    with pytest.raises(KeyConflict, match="'inputs/wf1' is an object"):
+        await put_bytes(local_backend, "inputs/wf1/p/a.png", b"x" * size)
     await put_bytes(local_backend, "outputs/wf1/1/a.png", b"x")
-    with pytest.raises(KeyConflict):
-        await put_bytes(local_backend, "outputs/wf1", b"x")
+    with pytest.raises(KeyConflict, match="it is a prefix of other objects"):
+        await put_bytes(local_backend, "outputs/wf1", b"x" * size)
+    assert [f for f in files_under(root) if f.startswith("tmp/")] == []
+
+
+@pytest.mark.parametrize("size", [SMALL_OBJECT_BYTES - 1, SMALL_OBJECT_BYTES, SMALL_OBJECT_BYTES + 1, 3 * MiB + 7])
+@pytest.mark.parametrize("chunk_size", [1000, 64 * 1024, 4 * MiB])
+async def test_objects_around_the_in_memory_limit_keep_bytes_and_sidecar(
+    local_backend: LocalBackend, root: Path, size: int, chunk_size: int
+) -> None:
+    data = os.urandom(size)
+    ref = await local_backend.put("outputs/wf1/9/a.bin", chunked(data, chunk_size), content_type="image/png")
+    assert (ref.size_bytes, ref.sha256, ref.content_type) == (size, sha(data), "image/png")
+    assert (root / "data/outputs/wf1/9/a.bin").read_bytes() == data
+    meta = json.loads((root / "data/outputs/wf1/9/a.bin.meta.json").read_bytes())
+    assert meta == {"size_bytes": size, "sha256": sha(data), "content_type": "image/png",
+                    "inode": (root / "data/outputs/wf1/9/a.bin").stat().st_ino}
+    assert files_under(root) == ["data/outputs/wf1/9/a.bin", "data/outputs/wf1/9/a.bin.meta.json"]
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+async def test_a_full_disk_while_storing_a_small_object_cleans_up(
+    local_backend: LocalBackend, root: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    real_write_temp = local_backend_module.write_temp
+
+    def sidecar_does_not_fit(directory: Path, prefix: str, content: bytes) -> Path:
+        if prefix == "meta-":  # the bytes' temp file is written, fsynced and waiting for its sidecar
+            assert [f for f in files_under(root) if f.startswith("tmp/put-")], "the bytes should be on disk"
+            raise OSError(code, os.strerror(code))
+        return real_write_temp(directory, prefix, content)
+
+    monkeypatch.setattr(local_backend_module, "write_temp", sidecar_does_not_fit)
+    with pytest.raises(StorageFull, match="full"):
+        await put_bytes(local_backend, "outputs/wf1/9/a.png", b"\x89PNG" * 20)
+    assert files_under(root) == []
+
+
+async def test_a_small_put_cancelled_at_any_point_leaves_a_whole_object_or_nothing(
+    local_backend: LocalBackend, root: Path
+) -> None:
+    outcomes = set()
+    for ticks in range(40):  # cancelled after 0, 1, 2, ... turns of the loop: before, during, after the commit
+        key = f"outputs/wf1/{ticks}/a.png"
+        put = asyncio.create_task(put_bytes(local_backend, key, b"png bytes %d" % ticks))
+        for _ in range(ticks):
+            await asyncio.sleep(0)
+        put.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await put
+        assert [f for f in files_under(root) if f.startswith("tmp/")] == [], ticks
+        if await local_backend.exists(key):
+            assert (await read(local_backend, key))[1] == [b"png bytes %d" % ticks]
+            outcomes.add("stored")
+        else:
+            assert not (root / "data" / key).exists()
+            outcomes.add("nothing")
+        await asyncio.wait_for(put_bytes(local_backend, key, b"again"), 5)  # the key's lock was released
+    assert outcomes == {"stored", "nothing"}
+
+
+async def test_deleting_a_prefix_without_objects_removes_its_empty_directories(
+    local_backend: LocalBackend, root: Path
+) -> None:
+    await put_bytes(local_backend, "inputs/wf2/p/a.png", b"x")
+    (root / "data/inputs/wf1/p/q").mkdir(parents=True)  # left empty, e.g. by a crash during a delete
+    assert await local_backend.delete(prefix="inputs/wf1/") == 0
+    assert await local_backend.delete(prefix="inputs/wf3/") == 0  # nothing there at all
+    assert files_under(root) == ["data/inputs/wf2/p/a.png", "data/inputs/wf2/p/a.png.meta.json"]
+    assert sorted(p.name for p in (root / "data/inputs").iterdir()) == ["wf2"]
 
 
 async def test_a_sidecar_torn_by_a_crash_is_rebuilt_from_the_bytes(local_backend: LocalBackend, root: Path) -> None:
