@@ -10,6 +10,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from services.scheduler.db.engine import Database
+from tests.scheduler.test_driver_statements import (  # noqa: F401  (collected here, against Postgres)
+    test_a_change_stores_every_column_as_core_does_and_get_reads_it_back_the_same,
+    test_a_driver_error_in_the_writes_of_a_change_fails_that_change_alone,
+    test_a_statement_that_leaves_a_column_default_to_the_execution_is_refused,
+)
 from tests.scheduler.test_group_commit import (  # noqa: F401  (collected here, against Postgres)
     test_a_burst_of_changes_to_several_workflows_keeps_each_ones_order,
     test_concurrent_creates_share_a_transaction_and_a_bad_one_fails_alone,
@@ -28,7 +33,7 @@ from tests.scheduler.test_store import (  # noqa: F401
     test_reads_cancelled_at_any_point_leave_nothing_behind,
 )
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = pytest.mark.timeout(60)  # a 3,000-row placement test under a loaded machine
 
 
 @pytest.fixture

@@ -24,15 +24,18 @@ from comfyfleet.scheduler.v1 import workflow_pb2
 from sqlalchemy import Table, select, text
 from sqlalchemy.engine import Connection
 
+from services.scheduler.db.driver_statements import DriverStatement
 from services.scheduler.db.engine import Database, runs_to_completion
 from services.scheduler.db.models import EventRow
 
 _EVENTS: Table = EventRow.__table__  # type: ignore[attr-defined]
 
-_BUMP = text(
+# On the driver's cursor (db/driver_statements.py): it runs once per user in every write
+# transaction that inserts events.
+_BUMP = DriverStatement(lambda: text(
     "INSERT INTO event_numbers (user_id, last_user_seq) VALUES (:user_id, :n) "
     "ON CONFLICT (user_id) DO UPDATE SET last_user_seq = event_numbers.last_user_seq + :n "
-    "RETURNING last_user_seq")
+    "RETURNING last_user_seq"))
 _LAST = text("SELECT last_user_seq FROM event_numbers WHERE user_id = :user_id")
 
 
@@ -40,7 +43,7 @@ def number_events(conn: Connection, user_id: str, events: Sequence[workflow_pb2.
     """Sets `user_id` and `user_seq` of `events` (about to be inserted on `conn`, in this order)."""
     if not events:
         return
-    last = int(conn.execute(_BUMP, {"user_id": user_id, "n": len(events)}).scalar_one())
+    last = int(_BUMP.scalar(conn, {"user_id": user_id, "n": len(events)}))
     for offset, event in enumerate(events, start=last - len(events) + 1):
         event.user_id = user_id
         event.user_seq = offset

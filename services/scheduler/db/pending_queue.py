@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import column, text
 from sqlalchemy.engine import Connection
 
 from services.scheduler.core.placement import Priority
 from services.scheduler.core.state import Status
+from services.scheduler.db.driver_statements import DriverStatement
 from services.scheduler.db.engine import Database, runs_to_completion
 
 # Reads through ix_workflows_pending (status, runner_id, priority, user_id, created_at, id),
@@ -52,6 +53,10 @@ FROM heads h JOIN workflows w ON w.id IN (
     ORDER BY x.created_at, x.id LIMIT :per_user)
 WHERE h.user_id IS NOT NULL
 """)
+# Both run on the driver's cursor (db/driver_statements.py): a pass runs 3 to 12 statements.
+_USERS_READ = DriverStatement(lambda: _USERS.columns(column("user_id")))
+_OLDEST_READ = DriverStatement(lambda: _OLDEST.columns(*(column(c) for c in (
+    "id", "user_id", "tags_json", "priority", "created_at"))))
 
 
 @dataclass(frozen=True)
@@ -83,12 +88,12 @@ class PendingQueue:
         for priority in (Priority.HIGH, Priority.NORMAL, Priority.LOW):
             params: dict[str, Any] = {"status": Status.ACCEPTED.value, "priority": int(priority)}
             after = self._after.get(priority, "")
-            users = [u for (u,) in conn.execute(_USERS, {**params, "after": after, "max_users": limit})]
+            users = [r["user_id"] for r in _USERS_READ.rows(conn, {**params, "after": after, "max_users": limit})]
             segments = [(after, len(users))]
             if len(users) < limit and after:
                 # Wrapped round: the users at the start of the id order, up to where this one began.
-                more = [u for (u,) in conn.execute(_USERS, {**params, "after": "", "max_users": limit - len(users)})
-                        if u <= after]
+                more = [u for r in _USERS_READ.rows(conn, {**params, "after": "", "max_users": limit - len(users)})
+                        if (u := r["user_id"]) <= after]
                 users += more
                 segments.append(("", len(more)))
             # The next pass starts after the last user read when the batch was cut short.
@@ -98,8 +103,9 @@ class PendingQueue:
             per_user = -(-limit // len(users))
             for start, count in segments:
                 if count:
-                    rows = conn.execute(_OLDEST, {**params, "after": start, "max_users": count, "per_user": per_user})
-                    batch.extend(Waiting(r[0], r[1], frozenset(json.loads(r[2])), r[3], _datetime(r[4])) for r in rows)
+                    rows = _OLDEST_READ.rows(conn, {**params, "after": start, "max_users": count, "per_user": per_user})
+                    batch.extend(Waiting(r["id"], r["user_id"], frozenset(json.loads(r["tags_json"])), r["priority"],
+                                         _datetime(r["created_at"])) for r in rows)
         return batch
 
 

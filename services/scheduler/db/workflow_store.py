@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection
 from sqlmodel import col, select
 
 from services.scheduler.core.state import Status
-from services.scheduler.db.changes import Change, ChangeRequest, Mutation, workflow_row
+from services.scheduler.db.changes import Change, ChangeRequest, Mutation, read_rows, stored_outputs, workflow_row
 from services.scheduler.db.creates import OPEN, CreateRequest, claimed
 from services.scheduler.db.engine import Database, runs_to_completion
 from services.scheduler.db.models import EventRow, OutputRow, WorkflowRow
@@ -34,9 +34,8 @@ from services.scheduler.records import workflow_pb
 _OPEN = OPEN
 # Rows per user, kept by triggers (db/engine.py, migration 7).
 _COUNTS = table("workflow_counts", column("user_id"), column("total"))
-# The tables, for the Core statements of the hot paths (create, change).
+# The table, for the count of open workflows.
 _WORKFLOWS: Table = WorkflowRow.__table__  # type: ignore[attr-defined]
-_OUTPUTS: Table = OutputRow.__table__  # type: ignore[attr-defined]
 
 
 class WorkflowStore:
@@ -103,14 +102,14 @@ class WorkflowStore:
 
     @runs_to_completion
     async def get(self, workflow_id: str, user_id: str | None = None) -> tuple[WorkflowRow, list[OutputRow]]:
-        """The row and its outputs: two Core reads in one `Database.transaction` (one hop on SQLite)."""
+        """The row and its outputs: the group commit's two reads (db/changes.py, without the row
+        lock) in one `Database.transaction` (one hop on SQLite)."""
 
         def read(conn: Connection) -> tuple[WorkflowRow, list[OutputRow]]:
-            found = conn.execute(core_select(_WORKFLOWS).where(_WORKFLOWS.c.id == workflow_id)).first()
-            if found is None or (user_id is not None and found.user_id != user_id):
+            found = read_rows(conn, [workflow_id], locked=False).get(workflow_id)
+            if found is None or (user_id is not None and found["user_id"] != user_id):
                 raise WorkflowNotFound(workflow_id)
-            outputs = conn.execute(core_select(_OUTPUTS).where(_OUTPUTS.c.workflow_id == workflow_id)).all()
-            return workflow_row(found._asdict()), [OutputRow(**o._asdict()) for o in outputs]
+            return workflow_row(found), stored_outputs(conn, [workflow_id]).get(workflow_id, [])
 
         return await self.db.transaction(read)
 
