@@ -82,7 +82,7 @@ class RunnerAgent:
         with log_context(workflow_id=assignment.workflow_id):  # the task's log lines name the workflow
             task = execution.start(self._slots)
         task.add_done_callback(lambda _t: self._forget(key, execution))
-        log.info("assignment %s: prompt %s", key, execution.prompt_id)
+        log.debug("assignment %s: prompt %s", key, execution.prompt_id)  # one a workflow: not at INFO
 
     def _forget(self, key: WorkflowKey, execution: Execution) -> None:
         if self._executions.get(key) is execution:

@@ -11,7 +11,8 @@ Only what the runner needs, shaped by the recordings in `shared/comfyui-transcri
     POST /queue {"delete"}    -> (empty 200)
     POST /interrupt {"prompt_id"} -> (empty 200)
     GET  /view                -> streamed bytes and their content type
-    GET  /ws?clientId=        -> parsed text messages; binary frames are read and dropped
+    GET  /ws?clientId=        -> parsed text messages; binary frames and text messages of
+                                 types the caller does not read are read and dropped
 
 Every connection failure or timeout becomes `ComfyUIUnreachable`. `ComfyUI` is the small
 interface the rest of the package depends on; `ComfyUIClient` implements it.
@@ -87,7 +88,9 @@ class ComfyUI(Protocol):
     async def delete_pending(self, prompt_ids: list[str]) -> None: ...
     async def interrupt(self, prompt_id: str) -> None: ...
     def view(self, output: OutputFile) -> contextlib.AbstractAsyncContextManager[Download]: ...
-    def websocket(self, client_id: str) -> contextlib.AbstractAsyncContextManager[AsyncIterator[dict[str, Any]]]: ...
+    def websocket(
+        self, client_id: str, types: frozenset[str] | None = None
+    ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[dict[str, Any]]]: ...
 
 
 _UNREACHABLE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
@@ -225,8 +228,11 @@ class ComfyUIClient:
             raise ComfyUIUnreachable(f"GET /view {output.filename}: {err or type(err).__name__}") from err
 
     @contextlib.asynccontextmanager
-    async def websocket(self, client_id: str) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
-        """Opens `/ws?clientId=`; yields an iterator of its JSON text messages.
+    async def websocket(
+        self, client_id: str, types: frozenset[str] | None = None
+    ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        """Opens `/ws?clientId=`; yields an iterator of its JSON text messages (of `types` only,
+        when given).
 
         The iterator ends when the socket closes. Binary frames (previews) and non-JSON text
         are read and dropped. No read timeout: a prompt may run for hours in silence; a dead
@@ -243,21 +249,38 @@ class ComfyUIClient:
         except (*_UNREACHABLE, aiohttp.WSServerHandshakeError) as err:
             raise ComfyUIUnreachable(f"GET /ws: {err or type(err).__name__}") from err
         try:
-            yield _messages(ws)
+            yield _messages(ws, types)
         finally:
             await ws.close()
 
 
-async def _messages(ws: aiohttp.ClientWebSocketResponse) -> AsyncIterator[dict[str, Any]]:
+# How ComfyUI's json.dumps starts every text message: `{"type": "<type>", "data": ...}`.
+_TYPE_PREFIX = '{"type": "'
+
+
+def _unwanted(text: str, types: frozenset[str]) -> bool:
+    """True when `text` plainly names a type not in `types`: told without parsing it (most
+    frames are `progress_state` snapshots nobody here reads). A text in any other shape
+    (other key order or spacing, escapes in the type) is parsed and judged by its `type`."""
+    if not text.startswith(_TYPE_PREFIX):
+        return False
+    end = text.find('"', len(_TYPE_PREFIX))
+    kind = text[len(_TYPE_PREFIX) : end]
+    return end > 0 and "\\" not in kind and kind not in types
+
+
+async def _messages(ws: aiohttp.ClientWebSocketResponse, types: frozenset[str] | None) -> AsyncIterator[dict[str, Any]]:
     try:
         async for frame in ws:
             if frame.type != aiohttp.WSMsgType.TEXT:
                 continue  # binary previews are dropped; close/error frames end the loop
+            if types is not None and _unwanted(frame.data, types):
+                continue
             try:
                 message = json.loads(frame.data)
             except json.JSONDecodeError:
                 continue
-            if isinstance(message, dict):
+            if isinstance(message, dict) and (types is None or message.get("type") in types):
                 yield message
     except _UNREACHABLE as err:
         log.info("ComfyUI websocket broke: %s", err or type(err).__name__)

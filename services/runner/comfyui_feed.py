@@ -10,7 +10,8 @@ the prompt, and receives:
     FeedDown()               the socket closed; messages may be lost until FeedUp
     FeedUp()                 the socket is back; reconcile with /queue and /history
 
-Messages of prompts nobody subscribed (other clients, finished prompts) are dropped.
+Messages of prompts nobody subscribed (other clients, finished prompts) are dropped, and
+messages of other types are never parsed (the client drops them by their leading `type`).
 `generation` counts the times the socket opened; `wait_change` returns when it opens or closes
 (the runner's readiness follows it: see comfyui_watch.py).
 """
@@ -31,6 +32,9 @@ from services.runner.config import Backoff
 from services.runner.errors import ComfyUIUnreachable
 
 log = logging.getLogger(__name__)
+
+# The websocket messages the feed reads: queue changes, and what it routes to executions.
+READ_TYPES = ROUTED_TYPES | {"status"}
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,7 @@ class ComfyUIFeed:
         attempt = 0
         while True:
             try:
-                async with self._comfyui.websocket(self.client_id) as messages:
+                async with self._comfyui.websocket(self.client_id, READ_TYPES) as messages:
                     attempt = 0
                     self.generation += 1
                     self._connected.set()

@@ -10,6 +10,8 @@
     queued     position from GET /queue, re-read when a `status` broadcast changes the count; the
                reads run beside the websocket (never in the way of its messages): `queued` goes
                out when the first read answers, or as 0 (running) when the prompt starts first
+               (a read is asked for only once the inbox is empty, so none runs for a prompt
+               whose start the websocket had already delivered)
     running    websocket messages -> events (comfyui_messages.PromptTracker)
     storing    each output: GET /view -> storage PutObject -> output_stored; then completed
 
@@ -140,6 +142,7 @@ class Execution:
         self._down_since: float | None = None
         self._position: int | None = None
         self._queued_sent = True  # False from POST /prompt's answer until `queued` is emitted
+        self._position_wanted = False  # the queue changed (or the prompt was accepted): read it
         self._queue_reads = QueueReads(comfyui, self.prompt_id, self._inbox)
 
     # -- control -------------------------------------------------------------------------------
@@ -252,7 +255,7 @@ class Execution:
             self._emit(events.warning(node_errors_summary(warnings)))
         self.state = State.QUEUED
         self._queued_sent = False
-        self._queue_reads.request()  # `queued` goes out when it answers (or when the prompt starts)
+        self._position_wanted = True  # `queued` goes out when the read answers (or when the prompt starts)
 
     def _position_read(self) -> None:
         answered, position = self._queue_reads.answer()
@@ -265,15 +268,16 @@ class Execution:
             self._position = position
             self._emit(events.queued(self.prompt_id, position))
         if self._queue_reads.asked_again:
-            self._queue_reads.request()
+            self._position_wanted = True
 
     def _emit_queued(self) -> None:
         """`queued` once ComfyUI accepted the prompt, before anything else of it: with the
-        position read, or 0 when the prompt got to run (or ended) before the read answered."""
+        position read, or 0 when the prompt got to run (or ended) before the read answered.
+        A read still under way is left to answer (and be ignored): cancelling it mid-response
+        would close its keep-alive connection to ComfyUI, and the next request open a new one."""
         if self._queued_sent:
             return
         self._queued_sent = True
-        self._queue_reads.cancel()
         self._emit(events.queued(self.prompt_id, self._position or 0))
 
     # -- following the prompt ------------------------------------------------------------------
@@ -287,16 +291,14 @@ class Execution:
         if not self._feed.connected:
             self._down_since = last_heard
         while True:
+            self._read_position_if_wanted()
             now = self._clock()
             deadline = last_heard + settings.poll_interval_s
             if (due := tracker.next_due()) is not None:
                 deadline = min(deadline, due)
             if self._down_since is not None:
                 deadline = min(deadline, self._down_since + settings.comfyui_down_timeout_s)
-            try:
-                item = await asyncio.wait_for(self._inbox.get(), max(0.0, deadline - now))
-            except TimeoutError:
-                item = None
+            item = await self._next_item(deadline - now)
             now = self._clock()
             steps: list[Step] = []
             if item is None:
@@ -319,7 +321,7 @@ class Execution:
             elif isinstance(item, QueueStatus):
                 if self.state is State.QUEUED and item.queue_remaining != last_remaining:
                     last_remaining = item.queue_remaining
-                    self._queue_reads.request()
+                    self._position_wanted = True
             elif item is ANSWERED:
                 self._position_read()
             elif isinstance(item, FeedDown):
@@ -331,6 +333,26 @@ class Execution:
             elif item is _CANCEL:
                 await self._cancel_in_comfyui()
             await self._apply(steps)
+
+    def _read_position_if_wanted(self) -> None:
+        """Asks for the position read wanted, once the inbox holds nothing more: what the
+        websocket delivered meanwhile goes first, and a prompt it said started (no longer
+        queued) needs no read."""
+        if self._position_wanted and self._inbox.empty():
+            self._position_wanted = False
+            if self.state is State.QUEUED:
+                self._queue_reads.request()
+
+    async def _next_item(self, timeout_s: float) -> Any:
+        """The inbox's next item, or None after `timeout_s`. An item already waiting is taken
+        at once: no timer and no task per websocket message (asyncio.wait_for makes both)."""
+        if not self._inbox.empty():
+            return self._inbox.get_nowait()
+        try:
+            async with asyncio.timeout(max(0.0, timeout_s)):
+                return await self._inbox.get()
+        except TimeoutError:
+            return None
 
     async def _apply(self, steps: list[Step]) -> None:
         for step in steps:

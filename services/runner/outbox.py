@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from comfyfleet.runner.v1 import runner_event_pb2
-from google.protobuf import timestamp_pb2
 
 WorkflowKey = tuple[str, int]  # (workflow_id, attempt)
 
@@ -49,9 +48,7 @@ class Outbox:
         seq = self._seq.get(key, 0) + 1
         self._seq[key] = seq
         event.workflow_id, event.attempt, event.runner_seq = key[0], key[1], seq
-        stamp = timestamp_pb2.Timestamp()
-        stamp.GetCurrentTime()
-        event.time.CopyFrom(stamp)
+        event.time.FromNanoseconds(time.time_ns())  # GetCurrentTime goes through a datetime
         self._queued.append(event)
         self._live[key] += 1
         self._ready.set()

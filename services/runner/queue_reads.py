@@ -1,10 +1,11 @@
 """Reads of one prompt's place in ComfyUI's queue (GET /queue), beside its websocket.
 
-An execution asks for a read once ComfyUI accepted its prompt, and again whenever a `status`
-broadcast says the queue changed, but never awaits one: the answer arrives as `ANSWERED` in
-the execution's inbox, in line with the websocket's messages, so a slow /queue never holds
-back the prompt's own messages (its start, its nodes, its end). One read runs at a time;
-asking during a read means one more read after it, since the queue changed after it began.
+An execution asks for a read once ComfyUI accepted its prompt (unless the websocket said it
+started first), and again whenever a `status` broadcast says the queue changed while it
+waits, but never awaits one: the answer arrives as `ANSWERED` in the execution's inbox, in
+line with the websocket's messages, so a slow /queue never holds back the prompt's own
+messages (its start, its nodes, its end). One read runs at a time; asking during a read
+means one more read after it, since the queue changed after it began.
 """
 
 from __future__ import annotations

@@ -5,10 +5,11 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from services.runner.comfyui_client import ComfyUIClient
+from services.runner.comfyui_client import ComfyUIClient, _unwanted
 from services.runner.comfyui_messages import OutputFile
 from services.runner.errors import ComfyUIRejected, ComfyUIServerError, ComfyUIUnreachable
 from tests.comfyui_double.app import ComfyUIDouble
@@ -87,3 +88,51 @@ async def test_nothing_listening_is_unreachable() -> None:
                 pass
     finally:
         await client.close()
+
+
+def _empty_image(color: int) -> dict[str, Any]:
+    return {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": color}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": f"c{color}"}}}
+
+
+async def _prompt_messages(messages: AsyncIterator[dict[str, Any]], prompt_id: str) -> list[dict[str, Any]]:
+    """Every message until the prompt's last one (`executing` with node null, PROTOCOL.md §6)."""
+    seen = []
+    async for message in messages:
+        seen.append(message)
+        data = message["data"]
+        if message["type"] == "executing" and data.get("prompt_id") == prompt_id and data.get("node") is None:
+            return seen
+    raise AssertionError("the websocket closed")
+
+
+async def test_a_websocket_for_some_types_yields_only_those_in_order(client: ComfyUIClient) -> None:
+    wanted = frozenset({"status", "execution_start", "executing", "executed", "execution_success"})
+    async with client.websocket("all") as everything, client.websocket("some", wanted) as some:
+        await client.submit_prompt(_empty_image(0), client_id="all", prompt_id="p-all")
+        seen = await _prompt_messages(everything, "p-all")
+        await client.submit_prompt(_empty_image(1), client_id="some", prompt_id="p-some")
+        kept = await _prompt_messages(some, "p-some")
+    assert {m["type"] for m in kept} <= wanted
+    assert "progress_state" in {m["type"] for m in seen}  # sent, and dropped by the filtered socket
+
+    def of(messages: list[dict[str, Any]], prompt_id: str) -> list[str]:
+        return [m["type"] for m in messages if m["data"].get("prompt_id") == prompt_id]
+
+    # The same graph (other values, so nothing cached): the wanted messages, in the same order.
+    assert of(kept, "p-some") == [t for t in of(seen, "p-all") if t in wanted]
+
+
+@pytest.mark.parametrize(
+    ("text", "dropped"),
+    [
+        ('{"type": "progress_state", "data": {"prompt_id": "p"}}', True),  # ComfyUI's shape: told unparsed
+        ('{"type": "executing", "data": {"node": "1"}}', False),
+        ('{"type":"progress_state","data":{}}', False),  # other spacing: parsed, then judged
+        ('{"data": {}, "type": "progress_state"}', False),  # other key order: parsed, then judged
+        ('{"type": "progress\\u005fstate", "data": {}}', False),  # an escape in the type: parsed
+        ('{"type": "progress_st', False),  # cut short: left to the parser (which drops it)
+    ],
+)
+def test_frames_of_other_types_are_told_by_their_leading_type(text: str, dropped: bool) -> None:
+    assert _unwanted(text, frozenset({"status", "executing"})) is dropped

@@ -65,3 +65,28 @@ async def test_waiting_prompts_are_queued_with_the_positions_read(harness: MakeH
         assert await h.terminal(workflow_id) == "completed"
     assert h.scheduler.kinds("wf-c")[:2] == ["uploaded", "queued"]
     assert "running" in h.scheduler.kinds("wf-c")
+
+
+async def test_no_position_read_when_the_websocket_said_it_started_first(harness: MakeHarness) -> None:
+    h = await harness()
+    reads = slow_queue_reads(h, delay_s=0.0)
+    client = h.runner.comfyui
+    submit = client.submit_prompt
+
+    async def late_answer(prompt: Any, *, client_id: str, prompt_id: str) -> Any:
+        """POST /prompt whose answer is read only once the prompt ran and its messages arrived."""
+        accepted = await submit(prompt, client_id=client_id, prompt_id=prompt_id)
+        await h.history(prompt_id)  # written just after its last websocket message
+        await asyncio.sleep(0.2)  # time for the runner's feed to take those messages in
+        return accepted
+
+    client.submit_prompt = late_answer
+    h.scheduler.assign(assignment("wf-late", chain(3, "late")))
+
+    assert await h.terminal("wf-late") == "completed"
+    assert reads == []  # the websocket had said it started: GET /queue could only find it running
+    assert h.scheduler.kinds("wf-late") == [
+        "uploaded", "queued", "running", "executing", "executing", "executing", "output_stored", "completed",
+    ]
+    (queued,) = h.scheduler.events("wf-late", "queued")
+    assert queued.queue_number == 0
