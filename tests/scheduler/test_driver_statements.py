@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,14 +25,6 @@ from services.scheduler.workflows import log_event, status_event
 from .test_group_commit import add_log, new_row, store_output
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(f"sqlite+aiosqlite:///{tmp_path}/s.db")
-    await database.migrate()
-    yield database
-    await asyncio.wait_for(database.close(), 5)
 
 
 STARTED = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)

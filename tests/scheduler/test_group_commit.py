@@ -31,14 +31,6 @@ from .harness import Scheduler, bearer, running_scheduler
 pytestmark = pytest.mark.timeout(30)
 
 
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(f"sqlite+aiosqlite:///{tmp_path}/s.db")
-    await database.migrate()
-    yield database
-    await asyncio.wait_for(database.close(), 5)
-
-
 def new_row(user_id: str, workflow_id: str | None = None) -> WorkflowRow:
     now = utcnow()
     return WorkflowRow(id=workflow_id or str(uuid.uuid4()), user_id=user_id, name="w", status=Status.ACCEPTED.value,

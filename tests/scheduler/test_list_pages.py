@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
@@ -19,14 +17,6 @@ from services.scheduler.db.workflow_store import WorkflowStore
 from services.scheduler.records import utcnow
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(f"sqlite+aiosqlite:///{tmp_path}/s.db")
-    await database.migrate()
-    yield database
-    await asyncio.wait_for(database.close(), 5)
 
 
 async def test_every_page_from_either_end_is_its_slice_of_newest_first(db: Database) -> None:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -23,14 +20,6 @@ from services.scheduler.records import utcnow
 pytestmark = pytest.mark.timeout(30)
 
 T0 = utcnow()
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(f"sqlite+aiosqlite:///{tmp_path}/s.db")
-    await database.migrate()
-    yield database
-    await asyncio.wait_for(database.close(), 5)
 
 
 async def add(db: Database, user_id: str, count: int, *, start: int = 0, priority: int = Priority.NORMAL,

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from comfyfleet.scheduler.v1 import workflow_pb2
@@ -21,14 +19,6 @@ from services.scheduler.records import utcnow
 from services.scheduler.workflows import log_event
 
 pytestmark = pytest.mark.timeout(20)
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(f"sqlite+aiosqlite:///{tmp_path}/s.db")
-    await database.migrate()
-    yield database
-    await asyncio.wait_for(database.close(), 5)
 
 
 async def new_workflow(db: Database) -> WorkflowRow:
