@@ -24,6 +24,7 @@ from services.scheduler import idempotency
 from services.scheduler.core import placeholders
 from services.scheduler.core.graph import check_links, normalise_tags, parse_graph
 from services.scheduler.core.state import Status, transition
+from services.scheduler.db.changes import new_workflow_row
 from services.scheduler.db.creates import OpenLimitReached
 from services.scheduler.db.identity_store import IdentityStore
 from services.scheduler.db.models import OutputRow, UserRow, WorkflowRow
@@ -137,7 +138,7 @@ class Workflows:
                 entry["object"] = MessageToDict(i.object, preserving_proto_field_name=True)
                 entry["filename"] = i.filename
             inputs.append(entry)
-        row = WorkflowRow(
+        row = new_workflow_row(
             id=workflow_id,
             user_id=user.id,
             name=name,

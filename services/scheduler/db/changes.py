@@ -34,13 +34,12 @@ from sqlalchemy.orm.instrumentation import manager_of_class
 from sqlmodel import SQLModel
 
 from services.scheduler.db.driver_statements import DriverStatement, in_list, listed
-from services.scheduler.db.event_numbers import event_row, number_events_by_user
-from services.scheduler.db.models import EventRow, OutputRow, WorkflowRow
+from services.scheduler.db.event_numbers import INSERT_EVENTS, event_row, number_events_by_user
+from services.scheduler.db.models import OutputRow, WorkflowRow
 from services.scheduler.errors import WorkflowNotFound
 from services.scheduler.records import utcnow, workflow_pb
 
 _WORKFLOWS: Table = WorkflowRow.__table__  # type: ignore[attr-defined]
-_EVENTS: Table = EventRow.__table__  # type: ignore[attr-defined]
 _OUTPUTS: Table = OutputRow.__table__  # type: ignore[attr-defined]
 _WORKFLOW_COLUMNS = [c.name for c in _WORKFLOWS.columns]
 _OUTPUT_COLUMNS = [c.name for c in _OUTPUTS.columns]
@@ -60,7 +59,6 @@ _OUTPUTS_OF = DriverStatement(lambda n: core_select(_OUTPUTS).where(
 _DROP_OUTPUTS = DriverStatement(lambda n: delete(_OUTPUTS).where(
     _OUTPUTS.c.workflow_id.in_(in_list(_OUTPUTS.c.workflow_id, n))))
 _INSERT_OUTPUTS = DriverStatement(lambda: insert(_OUTPUTS))
-_INSERT_EVENTS = DriverStatement(lambda: insert(_EVENTS))
 _UPDATE = DriverStatement(lambda columns: update(_WORKFLOWS).where(_WORKFLOWS.c.id == bindparam("changed_id"))
                           .values({c: bindparam(c) for c in columns}))
 
@@ -88,6 +86,22 @@ def workflow_row(values: dict[str, Any]) -> WorkflowRow:
     without its validation and per-attribute instrumentation: ~30x cheaper, and made once per
     change. Setting an attribute afterwards works as on any row."""
     return _NEW_WORKFLOW_ROW(values)
+
+
+# The columns a new workflow may leave out, with the model's defaults.
+_WORKFLOW_DEFAULTS = {name: field.default for name, field in WorkflowRow.model_fields.items()
+                      if not field.is_required()}
+_WORKFLOW_REQUIRED = frozenset(_WORKFLOW_COLUMNS) - set(_WORKFLOW_DEFAULTS)
+
+
+def new_workflow_row(**values: Any) -> WorkflowRow:
+    """`WorkflowRow(**values)` for a new workflow (the model's defaults fill the columns left
+    out) made as `workflow_row` makes it: ~165 us less per create."""
+    if missing := _WORKFLOW_REQUIRED - values.keys():
+        raise TypeError(f"a new workflow row needs {sorted(missing)}")
+    if unknown := values.keys() - _WORKFLOW_COLUMNS:
+        raise TypeError(f"WorkflowRow has no {sorted(unknown)}")
+    return workflow_row({**_WORKFLOW_DEFAULTS, **values})
 
 
 def output_row(values: dict[str, Any]) -> OutputRow:
@@ -198,7 +212,7 @@ def apply_changes(conn: Connection, requests: Sequence[ChangeRequest]) -> list[t
         _INSERT_OUTPUTS.execute_many(conn, [{c: getattr(o, c) for c in _OUTPUT_COLUMNS} for o in new_outputs])
     if event_rows:
         number_events_by_user(conn, events_by_user)
-        _INSERT_EVENTS.execute_many(conn, [event_row(e, at) for e, at in event_rows])
+        INSERT_EVENTS.execute_many(conn, [event_row(e, at) for e, at in event_rows])
     updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for workflow_id, values in current.items():
         changed = {c: value for c, value in values.items() if value != before[workflow_id][c]}

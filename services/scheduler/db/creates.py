@@ -24,30 +24,31 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from services.scheduler.core.state import TERMINAL, Status
-from services.scheduler.db.event_numbers import event_row, number_events_by_user
-from services.scheduler.db.models import EventRow, IdempotencyRow, WorkflowRow
+from services.scheduler.db.driver_statements import DriverStatement, in_list, listed
+from services.scheduler.db.event_numbers import INSERT_EVENTS, event_row, number_events_by_user
+from services.scheduler.db.models import IdempotencyRow, WorkflowRow
 from services.scheduler.errors import WorkflowExists
 from services.scheduler.idempotency import TTL, Claim, KeyReused
 from services.scheduler.records import utcnow
 
 OPEN = [s.value for s in Status if s not in TERMINAL]
 _WORKFLOWS: Table = WorkflowRow.__table__  # type: ignore[attr-defined]
-_EVENTS: Table = EventRow.__table__  # type: ignore[attr-defined]
 _IDEMPOTENCY: Table = IdempotencyRow.__table__  # type: ignore[attr-defined]
 _WORKFLOW_COLUMNS = [c.name for c in _WORKFLOWS.columns]
+_OPEN_STATUSES = {f"status_{i}": status for i, status in enumerate(OPEN)}
 
-_TAKEN = core_select(_WORKFLOWS.c.id).where(_WORKFLOWS.c.id.in_(bindparam("ids", expanding=True)))
+# On the driver's cursor (db/driver_statements.py), compiled once per dialect and IN-list length.
+_TAKEN = DriverStatement(lambda n: core_select(_WORKFLOWS.c.id).where(_WORKFLOWS.c.id.in_(in_list(_WORKFLOWS.c.id, n))))
 # A seek per (user, open status) in ix_workflows_user_status.
-_OPEN_COUNTS = (core_select(_WORKFLOWS.c.user_id, func.count())
-                .where(_WORKFLOWS.c.user_id.in_(bindparam("users", expanding=True)), _WORKFLOWS.c.status.in_(OPEN))
-                .group_by(_WORKFLOWS.c.user_id))
-_CLAIM = core_select(_IDEMPOTENCY).where(_IDEMPOTENCY.c.user_id == bindparam("user_id"),
-                                         _IDEMPOTENCY.c.key == bindparam("key"))
-_DROP_CLAIM = delete(_IDEMPOTENCY).where(_IDEMPOTENCY.c.user_id == bindparam("user_id"),
-                                         _IDEMPOTENCY.c.key == bindparam("key"))
-_INSERT_WORKFLOWS = insert(_WORKFLOWS)
-_INSERT_CLAIMS = insert(_IDEMPOTENCY)
-_INSERT_EVENTS = insert(_EVENTS)
+_OPEN_COUNTS = DriverStatement(lambda n: core_select(_WORKFLOWS.c.user_id, func.count().label("n")).where(
+    _WORKFLOWS.c.user_id.in_(in_list(_WORKFLOWS.c.user_id, n)),
+    _WORKFLOWS.c.status.in_(in_list(_WORKFLOWS.c.status, len(OPEN)))).group_by(_WORKFLOWS.c.user_id))
+_CLAIM = DriverStatement(lambda: core_select(_IDEMPOTENCY).where(_IDEMPOTENCY.c.user_id == bindparam("user_id"),
+                                                                 _IDEMPOTENCY.c.key == bindparam("key")))
+_DROP_CLAIM = DriverStatement(lambda: delete(_IDEMPOTENCY).where(_IDEMPOTENCY.c.user_id == bindparam("user_id"),
+                                                                 _IDEMPOTENCY.c.key == bindparam("key")))
+_INSERT_WORKFLOWS = DriverStatement(lambda: insert(_WORKFLOWS))
+_INSERT_CLAIMS = DriverStatement(lambda: insert(_IDEMPOTENCY))
 
 
 class OpenLimitReached(Exception):
@@ -83,10 +84,13 @@ class CreateRequest:
 def apply_creates(conn: Connection, requests: Sequence[CreateRequest]) -> list[tuple[bool, Any]]:
     """Checks and inserts `requests` in order on `conn`: per request (True, None or the replayed
     answer) or (False, its exception)."""
-    taken = {found for (found,) in conn.execute(_TAKEN, {"ids": sorted({r.row.id for r in requests})})}
+    taken = {found["id"] for found in _TAKEN.rows(conn, *listed(_WORKFLOWS.c.id, sorted({r.row.id for r in requests})))}
     limited = sorted({r.row.user_id for r in requests if r.max_open is not None})
-    open_counts: dict[str, int] = ({user: int(n) for user, n in conn.execute(_OPEN_COUNTS, {"users": limited})}
-                                   if limited else {})
+    open_counts: dict[str, int] = {}
+    if limited:
+        users, n = listed(_WORKFLOWS.c.user_id, limited)
+        open_counts = {found["user_id"]: int(found["n"])
+                       for found in _OPEN_COUNTS.rows(conn, {**users, **_OPEN_STATUSES}, n)}
     keys: dict[tuple[str, str], tuple[str, bytes]] = {}  # the keys this batch claims
     rows: list[dict[str, Any]] = []
     claims: list[dict[str, Any]] = []
@@ -126,12 +130,12 @@ def apply_creates(conn: Connection, requests: Sequence[CreateRequest]) -> list[t
         events_by_user.setdefault(row.user_id, []).append(request.event)
         outcomes.append((True, None))
     if rows:
-        conn.execute(_INSERT_WORKFLOWS, rows)
+        _INSERT_WORKFLOWS.execute_many(conn, rows)
         if claims:
-            conn.execute(_INSERT_CLAIMS, claims)
+            _INSERT_CLAIMS.execute_many(conn, claims)
         number_events_by_user(conn, events_by_user)
-        conn.execute(_INSERT_EVENTS, [event_row(r.event, r.row.created_at) for r, (ok, answer)
-                                      in zip(requests, outcomes, strict=True) if ok and answer is None])
+        INSERT_EVENTS.execute_many(conn, [event_row(r.event, r.row.created_at) for r, (ok, answer)
+                                          in zip(requests, outcomes, strict=True) if ok and answer is None])
     return outcomes
 
 
@@ -139,14 +143,15 @@ def claimed(conn: Connection, user_id: str, claim: Claim, *, delete_expired: boo
             ) -> workflow_pb2.Workflow | None:
     """The answer stored for (user, key) within its TTL; KeyReused if it was for another request."""
     where = {"user_id": user_id, "key": claim.key}
-    found = conn.execute(_CLAIM, where).first()
-    if found is None:
+    rows = _CLAIM.rows(conn, where)
+    if not rows:
         return None
-    created = found.created_at if found.created_at.tzinfo else found.created_at.replace(tzinfo=UTC)
+    found = rows[0]
+    created = found["created_at"] if found["created_at"].tzinfo else found["created_at"].replace(tzinfo=UTC)
     if created <= utcnow() - TTL:
         if delete_expired:
-            conn.execute(_DROP_CLAIM, where)
+            _DROP_CLAIM.execute(conn, where)
         return None
-    if found.fingerprint != claim.fingerprint:
+    if found["fingerprint"] != claim.fingerprint:
         raise KeyReused()
-    return workflow_pb2.Workflow.FromString(found.response)
+    return workflow_pb2.Workflow.FromString(found["response"])

@@ -181,6 +181,9 @@ class Database:
         # statement costs about three: cursor, execute, fetch or close).
         self._sync_engine: Engine | None = None
         self._sqlite_thread: ThreadPoolExecutor | None = None
+        # The thread's one connection, kept open between transactions: a checkout from the
+        # pool per transaction (and its reset on return) cost ~60 us of CPU each.
+        self._sqlite_conn: Connection | None = None
         if self.is_sqlite and path and path != ":memory:":
             self._sync_engine = create_engine(make_url(url).set(drivername="sqlite"))
             event.listen(self._sync_engine, "connect", _sqlite_pragmas)
@@ -271,8 +274,18 @@ class Database:
 
     def _sqlite_transaction(self, work: Callable[[Connection], T]) -> T:
         assert self._sync_engine is not None
-        with self._sync_engine.begin() as conn:
+        conn = self._sqlite_conn
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self._sqlite_conn = self._sync_engine.connect()
+        with conn.begin():
             return work(conn)
+
+    def _sqlite_close(self) -> None:
+        assert self._sync_engine is not None
+        if self._sqlite_conn is not None:
+            self._sqlite_conn.close()
+            self._sqlite_conn = None
+        self._sync_engine.dispose()
 
     def adopt(self, operation: asyncio.Future[Any]) -> None:
         """Owns an operation nobody awaits any more, until it ends."""
@@ -292,7 +305,7 @@ class Database:
             await asyncio.wait(set(self._orphans), timeout=5)
         await self.engine.dispose()
         if self._sqlite_thread is not None and self._sync_engine is not None:
-            await asyncio.get_running_loop().run_in_executor(self._sqlite_thread, self._sync_engine.dispose)
+            await asyncio.get_running_loop().run_in_executor(self._sqlite_thread, self._sqlite_close)
             self._sqlite_thread.shutdown()
             self._sqlite_thread = None
 

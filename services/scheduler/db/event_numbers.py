@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from comfyfleet.scheduler.v1 import workflow_pb2
-from sqlalchemy import Table, select, text
+from sqlalchemy import Table, insert, select, text
 from sqlalchemy.engine import Connection
 
 from services.scheduler.db.driver_statements import DriverStatement
@@ -62,10 +62,13 @@ def last_number(conn: Connection, user_id: str) -> int:
 
 
 def event_row(event: workflow_pb2.WorkflowEvent, created_at: object) -> dict[str, object]:
-    """The workflow_events row of a numbered event."""
+    """The workflow_events row of a numbered event (for INSERT_EVENTS)."""
     return {"workflow_id": event.workflow_id, "seq": event.seq, "payload": event.SerializeToString(),
             "created_at": created_at, "user_id": event.user_id, "user_seq": event.user_seq}
 
+
+# Inserts `event_row`s (execute_many), on the driver's cursor: every write path of events uses it.
+INSERT_EVENTS = DriverStatement(lambda: insert(_EVENTS))
 
 
 class UserEventLog:
