@@ -1,4 +1,9 @@
-"""The local backend: the shared contract, plus what it leaves (or must not leave) on disk."""
+"""The local backend: the shared contract, plus what it leaves (or must not leave) on disk.
+
+Every test runs twice: with the metadata in each file's extended attribute (`xattr`) and in
+sidecar files (`sidecar`, the layout on filesystems without user xattrs); a test pinned to
+one layout says so with its own `xattrs` parameter. Mixes of both are in test_local_xattr.py.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,11 @@ import asyncio
 import contextlib
 import errno
 import json
+import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +25,7 @@ from services.storage.local_backend import SMALL_OBJECT_BYTES, LocalBackend
 
 from .conftest import files_under
 from .contract import BackendContract, MiB, chunked, put_bytes, read, sha
+from .local_layout import object_files, overwrite_in_place, recorded_meta
 
 pytestmark = pytest.mark.timeout(15)
 
@@ -33,12 +41,28 @@ def root(tmp_path: Path) -> Path:
     return tmp_path / "objects"
 
 
-async def test_an_object_is_its_bytes_plus_a_sidecar(local_backend: LocalBackend, root: Path) -> None:
+@pytest.fixture(params=[True, False], ids=["xattr", "sidecar"])
+def xattrs(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
+@pytest.fixture
+async def local_backend(root: Path, xattrs: bool) -> AsyncIterator[LocalBackend]:
+    backend = await LocalBackend.open(root, use_xattrs=xattrs)
+    yield backend
+    await backend.close()
+
+
+async def test_an_object_is_its_bytes_plus_its_metadata(
+    local_backend: LocalBackend, root: Path, xattrs: bool, caplog: pytest.LogCaptureFixture
+) -> None:
     ref = await put_bytes(local_backend, "outputs/wf1/9/a.png", b"\x89PNG...", content_type="image/png")
-    assert files_under(root) == ["data/outputs/wf1/9/a.png", "data/outputs/wf1/9/a.png.meta.json"]
+    assert files_under(root) == object_files("outputs/wf1/9/a.png", xattrs)
     assert (root / "data/outputs/wf1/9/a.png").read_bytes() == b"\x89PNG..."
-    meta = json.loads((root / "data/outputs/wf1/9/a.png.meta.json").read_bytes())
+    meta = recorded_meta(root, "outputs/wf1/9/a.png", xattrs)
     assert (meta["sha256"], meta["size_bytes"], meta["content_type"]) == (ref.sha256, 7, "image/png")
+    assert await local_backend.stat("outputs/wf1/9/a.png") == ref
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # read as recorded, not rebuilt
 
 
 async def test_sidecars_are_never_served_as_objects(local_backend: LocalBackend) -> None:
@@ -139,19 +163,21 @@ async def test_a_key_cannot_be_both_an_object_and_a_prefix(local_backend: LocalB
 
 @pytest.mark.parametrize("size", [SMALL_OBJECT_BYTES - 1, SMALL_OBJECT_BYTES, SMALL_OBJECT_BYTES + 1, 3 * MiB + 7])
 @pytest.mark.parametrize("chunk_size", [1000, 64 * 1024, 4 * MiB])
-async def test_objects_around_the_in_memory_limit_keep_bytes_and_sidecar(
-    local_backend: LocalBackend, root: Path, size: int, chunk_size: int
+async def test_objects_around_the_in_memory_limit_keep_bytes_and_metadata(
+    local_backend: LocalBackend, root: Path, xattrs: bool, size: int, chunk_size: int
 ) -> None:
     data = os.urandom(size)
     ref = await local_backend.put("outputs/wf1/9/a.bin", chunked(data, chunk_size), content_type="image/png")
     assert (ref.size_bytes, ref.sha256, ref.content_type) == (size, sha(data), "image/png")
     assert (root / "data/outputs/wf1/9/a.bin").read_bytes() == data
-    meta = json.loads((root / "data/outputs/wf1/9/a.bin.meta.json").read_bytes())
-    assert meta == {"size_bytes": size, "sha256": sha(data), "content_type": "image/png",
-                    "inode": (root / "data/outputs/wf1/9/a.bin").stat().st_ino}
-    assert files_under(root) == ["data/outputs/wf1/9/a.bin", "data/outputs/wf1/9/a.bin.meta.json"]
+    expected: dict[str, Any] = {"size_bytes": size, "sha256": sha(data), "content_type": "image/png"}
+    if not xattrs:  # a sidecar names the inode of the bytes it describes; an xattr is on that inode
+        expected["inode"] = (root / "data/outputs/wf1/9/a.bin").stat().st_ino
+    assert recorded_meta(root, "outputs/wf1/9/a.bin", xattrs) == expected
+    assert files_under(root) == object_files("outputs/wf1/9/a.bin", xattrs)
 
 
+@pytest.mark.parametrize("xattrs", [False], ids=["sidecar"])
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
 async def test_a_full_disk_while_storing_a_small_object_cleans_up(
     local_backend: LocalBackend, root: Path, monkeypatch: pytest.MonkeyPatch, code: int
@@ -167,6 +193,24 @@ async def test_a_full_disk_while_storing_a_small_object_cleans_up(
     monkeypatch.setattr(local_backend_module, "write_temp", sidecar_does_not_fit)
     with pytest.raises(StorageFull, match="full"):
         await put_bytes(local_backend, "outputs/wf1/9/a.png", b"\x89PNG" * 20)
+    assert files_under(root) == []
+
+
+@pytest.mark.parametrize("xattrs", [True], ids=["xattr"])
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+@pytest.mark.parametrize("size", [80, SMALL_OBJECT_BYTES + 1])  # held in memory, streamed to a temp file
+async def test_a_full_disk_while_setting_the_metadata_attribute_cleans_up(
+    local_backend: LocalBackend, root: Path, monkeypatch: pytest.MonkeyPatch, code: int, size: int
+) -> None:
+    def attribute_does_not_fit(file: object, xattr_meta: bytes | None = None) -> int:
+        # ext4 stores a large attribute in a block of its own, which a full disk cannot give
+        assert json.loads(xattr_meta or b"")["size_bytes"] == size
+        assert [f for f in files_under(root) if f.startswith("tmp/put-")], "the bytes should be on disk"
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(local_backend_module, "seal", attribute_does_not_fit)
+    with pytest.raises(StorageFull, match="full"):
+        await put_bytes(local_backend, "outputs/wf1/9/a.png", b"x" * size)
     assert files_under(root) == []
 
 
@@ -194,16 +238,18 @@ async def test_a_small_put_cancelled_at_any_point_leaves_a_whole_object_or_nothi
 
 
 async def test_deleting_a_prefix_without_objects_removes_its_empty_directories(
-    local_backend: LocalBackend, root: Path
+    local_backend: LocalBackend, root: Path, xattrs: bool
 ) -> None:
     await put_bytes(local_backend, "inputs/wf2/p/a.png", b"x")
     (root / "data/inputs/wf1/p/q").mkdir(parents=True)  # left empty, e.g. by a crash during a delete
     assert await local_backend.delete(prefix="inputs/wf1/") == 0
     assert await local_backend.delete(prefix="inputs/wf3/") == 0  # nothing there at all
-    assert files_under(root) == ["data/inputs/wf2/p/a.png", "data/inputs/wf2/p/a.png.meta.json"]
+    assert files_under(root) == object_files("inputs/wf2/p/a.png", xattrs)
     assert sorted(p.name for p in (root / "data/inputs").iterdir()) == ["wf2"]
 
 
+# with xattrs a commit cannot tear this way: the bytes and their metadata are one inode
+@pytest.mark.parametrize("xattrs", [False], ids=["sidecar"])
 async def test_a_sidecar_torn_by_a_crash_is_rebuilt_from_the_bytes(local_backend: LocalBackend, root: Path) -> None:
     await put_bytes(local_backend, "outputs/wf1/9/a.png", b"old bytes", content_type="image/png")
     # a crash between moving the new bytes into place and moving their sidecar
@@ -216,6 +262,36 @@ async def test_a_sidecar_torn_by_a_crash_is_rebuilt_from_the_bytes(local_backend
     assert chunks == [b"new bytes, longer"]
     assert (ref.size_bytes, ref.sha256, ref.content_type) == (17, sha(b"new bytes, longer"), "image/png")
     assert await local_backend.stat("outputs/wf1/9/a.png") == ref
+
+
+async def test_bytes_changed_in_place_get_their_metadata_rebuilt(
+    local_backend: LocalBackend, root: Path, xattrs: bool
+) -> None:
+    await put_bytes(local_backend, "outputs/wf1/9/a.png", b"old bytes", content_type="image/png")
+    overwrite_in_place(root / "data/outputs/wf1/9/a.png", b"new bytes, longer")  # a torn write
+
+    ref, chunks = await read(local_backend, "outputs/wf1/9/a.png")
+    assert chunks == [b"new bytes, longer"]
+    assert (ref.size_bytes, ref.sha256, ref.content_type) == (17, sha(b"new bytes, longer"), "image/png")
+    meta = recorded_meta(root, "outputs/wf1/9/a.png", xattrs)
+    assert (meta["size_bytes"], meta["sha256"], meta["content_type"]) == (17, ref.sha256, "image/png")
+    assert files_under(root) == object_files("outputs/wf1/9/a.png", xattrs)
+    assert await local_backend.stat("outputs/wf1/9/a.png") == ref
+
+
+@pytest.mark.parametrize("xattrs", [True], ids=["xattr"])
+async def test_a_file_without_metadata_gets_it_from_its_bytes(local_backend: LocalBackend, root: Path) -> None:
+    await put_bytes(local_backend, "outputs/wf1/9/a.png", b"old bytes", content_type="image/png")
+    replacement = root / "replacement"  # a new inode, without the attribute: nothing recorded its type
+    replacement.write_bytes(b"other bytes")
+    os.replace(replacement, root / "data/outputs/wf1/9/a.png")
+
+    ref = await local_backend.stat("outputs/wf1/9/a.png")
+    assert ref is not None
+    assert (ref.size_bytes, ref.sha256, ref.content_type) == (11, sha(b"other bytes"), "application/octet-stream")
+    assert recorded_meta(root, "outputs/wf1/9/a.png", xattrs=True) == {
+        "size_bytes": 11, "sha256": sha(b"other bytes"), "content_type": "application/octet-stream"}
+    assert files_under(root) == ["data/outputs/wf1/9/a.png"]
 
 
 async def test_unfinished_writes_from_a_crash_are_removed_at_start(root: Path) -> None:
