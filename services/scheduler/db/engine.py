@@ -184,6 +184,10 @@ class Database:
         # The thread's one connection, kept open between transactions: a checkout from the
         # pool per transaction (and its reset on return) cost ~60 us of CPU each.
         self._sqlite_conn: Connection | None = None
+        # Reads (`read`) on a thread and a connection of their own: in WAL mode they do not
+        # wait for the writer, and they do not queue behind the write thread's transactions.
+        self._reader_thread: ThreadPoolExecutor | None = None
+        self._reader_conn: Connection | None = None
         if self.is_sqlite and path and path != ":memory:":
             self._sync_engine = create_engine(make_url(url).set(drivername="sqlite"))
             event.listen(self._sync_engine, "connect", _sqlite_pragmas)
@@ -224,6 +228,17 @@ class Database:
                 self._sqlite_thread, functools.partial(self._sqlite_transaction, work))
         async with self.engine.begin() as conn:
             return await conn.run_sync(work)
+
+    async def read(self, work: Callable[[Connection], T]) -> T:
+        """`work(connection)`, which only reads: on a SQLite file it runs on the reader thread
+        (its connection is query-only, so a write there fails loudly), seeing every transaction
+        committed before it starts; elsewhere it runs as `transaction` does."""
+        if self._sync_engine is None:
+            return await self.transaction(work)
+        if self._reader_thread is None:
+            self._reader_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-read")
+        return await asyncio.get_running_loop().run_in_executor(
+            self._reader_thread, functools.partial(self._sqlite_read, work))
 
     def submit(self, work: Callable[[Connection], T]) -> asyncio.Future[T]:
         """Group commit: queues `work` for the next shared write transaction and returns its
@@ -280,6 +295,23 @@ class Database:
         with conn.begin():
             return work(conn)
 
+    def _sqlite_read(self, work: Callable[[Connection], T]) -> T:
+        assert self._sync_engine is not None
+        conn = self._reader_conn
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self._reader_conn = self._sync_engine.connect()
+            conn.exec_driver_sql("PRAGMA query_only=ON")
+            conn.commit()
+        with conn.begin():
+            return work(conn)
+
+    def _reader_close(self) -> None:
+        if self._reader_conn is not None:
+            self._reader_conn.close()
+            self._reader_conn = None
+        if self._sqlite_thread is None and self._sync_engine is not None:  # (else the write thread disposes)
+            self._sync_engine.dispose()
+
     def _sqlite_close(self) -> None:
         assert self._sync_engine is not None
         if self._sqlite_conn is not None:
@@ -304,6 +336,10 @@ class Database:
         if self._orphans:
             await asyncio.wait(set(self._orphans), timeout=5)
         await self.engine.dispose()
+        if self._reader_thread is not None:
+            await asyncio.get_running_loop().run_in_executor(self._reader_thread, self._reader_close)
+            self._reader_thread.shutdown()
+            self._reader_thread = None
         if self._sqlite_thread is not None and self._sync_engine is not None:
             await asyncio.get_running_loop().run_in_executor(self._sqlite_thread, self._sqlite_close)
             self._sqlite_thread.shutdown()

@@ -79,7 +79,7 @@ class UserEventLog:
 
     @runs_to_completion
     async def last_number(self, user_id: str) -> int:
-        return await self.db.transaction(lambda conn: last_number(conn, user_id))
+        return await self.db.read(lambda conn: last_number(conn, user_id))
 
     @runs_to_completion
     async def events_after(self, user_id: str, after: int, limit: int = 500) -> list[workflow_pb2.WorkflowEvent]:
@@ -87,7 +87,7 @@ class UserEventLog:
         query = (select(_EVENTS.c.payload, _EVENTS.c.user_seq)
                  .where(_EVENTS.c.user_id == user_id, _EVENTS.c.user_seq > after)
                  .order_by(_EVENTS.c.user_seq).limit(limit))
-        rows = await self.db.transaction(lambda conn: conn.execute(query).all())
+        rows = await self.db.read(lambda conn: conn.execute(query).all())
         events = []
         for payload, user_seq in rows:
             event = workflow_pb2.WorkflowEvent.FromString(payload)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from datetime import UTC
 
 from comfyfleet.scheduler.v1 import workflow_pb2
-from sqlalchemy import Select, Table, column, delete, func, table
+from sqlalchemy import Select, Table, column, delete, func, table, text
 from sqlalchemy import select as core_select
 from sqlalchemy.engine import Connection
 from sqlmodel import col, select
@@ -25,6 +25,7 @@ from sqlmodel import col, select
 from services.scheduler.core.state import Status
 from services.scheduler.db.changes import Change, ChangeRequest, Mutation, read_rows, stored_outputs, workflow_row
 from services.scheduler.db.creates import OPEN, CreateRequest, claimed
+from services.scheduler.db.driver_statements import DriverStatement
 from services.scheduler.db.engine import Database, runs_to_completion
 from services.scheduler.db.models import EventRow, OutputRow, WorkflowRow
 from services.scheduler.errors import WorkflowNotFinished, WorkflowNotFound
@@ -36,6 +37,11 @@ _OPEN = OPEN
 _COUNTS = table("workflow_counts", column("user_id"), column("total"))
 # The table, for the count of open workflows.
 _WORKFLOWS: Table = WorkflowRow.__table__  # type: ignore[attr-defined]
+_EVENTS: Table = EventRow.__table__  # type: ignore[attr-defined]
+# On the driver's cursor (db/driver_statements.py): every watch of a workflow reads its log.
+_EVENTS_AFTER = DriverStatement(lambda: text(
+    "SELECT payload FROM workflow_events WHERE workflow_id = :workflow_id AND seq > :after_seq "
+    "ORDER BY seq LIMIT :limit").columns(_EVENTS.c.payload))
 
 
 class WorkflowStore:
@@ -103,7 +109,7 @@ class WorkflowStore:
     @runs_to_completion
     async def get(self, workflow_id: str, user_id: str | None = None) -> tuple[WorkflowRow, list[OutputRow]]:
         """The row and its outputs: the group commit's two reads (db/changes.py, without the row
-        lock) in one `Database.transaction` (one hop on SQLite)."""
+        lock) in one `Database.read` (one hop to the reader thread on SQLite)."""
 
         def read(conn: Connection) -> tuple[WorkflowRow, list[OutputRow]]:
             found = read_rows(conn, [workflow_id], locked=False).get(workflow_id)
@@ -111,7 +117,7 @@ class WorkflowStore:
                 raise WorkflowNotFound(workflow_id)
             return workflow_row(found), stored_outputs(conn, [workflow_id]).get(workflow_id, [])
 
-        return await self.db.transaction(read)
+        return await self.db.read(read)
 
     @runs_to_completion
     async def list_page(
@@ -148,22 +154,18 @@ class WorkflowStore:
     @runs_to_completion
     async def count_open(self, user_id: str) -> int:
         """The user's workflows that have not finished (a seek per open status in (user_id, status));
-        in one `Database.transaction` (one thread hop on SQLite). `create` counts them itself."""
+        in one `Database.read` (one thread hop on SQLite). `create` counts them itself."""
         query = _count_open(user_id)
-        return int(await self.db.transaction(lambda conn: conn.execute(query).scalar_one()))
+        return int(await self.db.read(lambda conn: conn.execute(query).scalar_one()))
 
     @runs_to_completion
     async def events_after(
         self, workflow_id: str, after_seq: int, limit: int = 500
     ) -> list[workflow_pb2.WorkflowEvent]:
-        async with self.db.sessions() as s:
-            rows = await s.exec(
-                select(EventRow)
-                .where(EventRow.workflow_id == workflow_id, EventRow.seq > after_seq)
-                .order_by(col(EventRow.seq))
-                .limit(limit)
-            )
-            return [workflow_pb2.WorkflowEvent.FromString(r.payload) for r in rows.all()]
+        """The workflow's stored events after `after_seq`, in order (a seek in its primary key)."""
+        rows = await self.db.read(lambda conn: _EVENTS_AFTER.rows(
+            conn, {"workflow_id": workflow_id, "after_seq": after_seq, "limit": limit}))
+        return [workflow_pb2.WorkflowEvent.FromString(r["payload"]) for r in rows]
 
     @runs_to_completion
     async def pending(self, limit: int) -> list[WorkflowRow]:

@@ -1,0 +1,61 @@
+"""Database.read: reads of a SQLite file run on a thread and a connection of their own. They see
+what was committed before them, they do not wait behind the write thread's transactions, and
+they cannot write."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import OperationalError
+
+from services.scheduler.db.engine import Database
+from services.scheduler.db.identity_store import IdentityStore
+
+pytestmark = pytest.mark.timeout(30)
+
+INSERT = ("INSERT INTO users (id, name, email, tier, is_admin, created_at, updated_at) "
+          "VALUES ('{id}', '{name}', '', 'free', 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)")
+
+
+def users(conn: Connection) -> set[str]:
+    return {name for (name,) in conn.execute(text("SELECT name FROM users"))}
+
+
+async def test_a_read_sees_what_was_committed_before_it(db: Database) -> None:
+    await IdentityStore(db).create_user("before")
+    assert "before" in await db.read(users)
+    await db.submit(lambda conn: conn.execute(text(
+        INSERT.format(id="u2", name="written"))))
+    assert {"before", "written"} <= await db.read(users)
+
+
+async def test_a_read_does_not_wait_for_a_write_in_progress(db: Database) -> None:
+    await IdentityStore(db).create_user("someone")
+    inside, release = threading.Event(), threading.Event()
+
+    def slow_write(conn: Connection) -> None:
+        conn.execute(text("UPDATE users SET name = 'renamed' WHERE name = 'someone'"))
+        inside.set()
+        release.wait(10)
+
+    write = db.submit(slow_write)
+    await asyncio.to_thread(inside.wait, 10)
+    try:
+        # The write holds the write thread (and SQLite's write lock); the read answers anyway,
+        # with the state before the uncommitted write.
+        assert "someone" in await asyncio.wait_for(db.read(users), 5)
+    finally:
+        release.set()
+    await write
+    assert "renamed" in await db.read(users)
+
+
+async def test_a_read_cannot_write(db: Database) -> None:
+    with pytest.raises(OperationalError, match="readonly"):
+        await db.read(lambda conn: conn.execute(text(
+            INSERT.format(id="u3", name="sneaky"))))
+    assert "sneaky" not in await db.read(users)
