@@ -1,16 +1,8 @@
 """The `local` backend: objects as files under one directory (STORAGE_LOCAL_DIR).
 
-    <root>/data/<key>              the object's bytes; its metadata (size, sha256, content
-                                   type) in the file's `user.comfyfleet.meta` extended attribute
-    <root>/data/<key>.meta.json    a sidecar with that metadata plus the inode of the bytes, only
-                                   where the filesystem has no user xattrs (found out at start)
-                                   or for an object stored by a version before xattrs
+    <root>/data/<key>              the object's bytes, its metadata in an xattr of the file
+    <root>/data/<key>.meta.json    or in a sidecar (local_meta.py: which, and why)
     <root>/tmp/*.tmp               writes in flight; nothing else ever lives here
-
-Why an xattr: it lives on the inode of the bytes, so a put creates one file, not two (inode
-allocation was a large part of a small put's cost), and it cannot describe other bytes than
-its own. (On ext4 with 256-byte inodes the ~120 bytes of JSON do not fit in the inode and take
-an xattr block: still one inode, one rename and one fsync fewer than a sidecar.)
 
 A put of up to SMALL_OBJECT_BYTES (most outputs) is received in memory and stored by one
 worker-thread call under the key's lock; a larger one streams into a temp file under tmp/
@@ -67,21 +59,23 @@ from services.storage.errors import (
     StorageFull,
 )
 from services.storage.local_files import (
-    META_SUFFIX,
-    META_XATTR,
     FileChunks,
     KeyLocks,
     Spill,
     create_temp,
     fsync_dir,
-    meta_bytes,
-    meta_path,
-    read_meta,
-    read_xattr_meta,
     run_whole,
-    seal,
     write_chunks,
     write_temp,
+)
+from services.storage.local_meta import (
+    META_SUFFIX,
+    META_XATTR,
+    described,
+    meta_path,
+    recorded_content_type,
+    rewrite,
+    seal,
     xattrs_supported,
 )
 
@@ -333,7 +327,7 @@ class LocalBackend:
         try:
             with file:
                 file.write(data)
-                sidecar = self._seal(file, ref)
+                sidecar = seal(file, ref, self._xattrs)
             self._commit(key, temp, sidecar)
         except BaseException:
             temp.unlink(missing_ok=True)
@@ -347,15 +341,7 @@ class LocalBackend:
         with file:
             write_chunks(file, hasher, chunks)
             ref = ObjectRef(key, size, hasher.hexdigest(), content_type)
-            return ref, self._seal(file, ref)
-
-    def _seal(self, file: IO[bytes], ref: ObjectRef) -> bytes | None:
-        """Makes a written temp file durable with its metadata: set on it as an xattr (returns
-        None), else returned as the sidecar to commit with it."""
-        if self._xattrs:
-            seal(file, meta_bytes(ref))
-            return None
-        return meta_bytes(ref, seal(file))
+            return ref, seal(file, ref, self._xattrs)
 
     def _commit(self, key: str, temp: Path, sidecar: bytes | None) -> None:
         """Moves a sealed temp file into place, with its sidecar if it has one, durably."""
@@ -400,23 +386,10 @@ class LocalBackend:
             if not stat.S_ISREG(info.st_mode):
                 file.close()
                 return None
-            return file, self._described(key, path, file.fileno(), info)
+            return file, described(key, path, file.fileno(), info, self._xattrs)
         except BaseException:
             file.close()
             raise
-
-    def _described(self, key: str, path: Path, fd: int, info: os.stat_result) -> ObjectRef | None:
-        """The ref of the open object file from its xattr, else from a sidecar that names its
-        inode; None when neither describes these bytes."""
-        meta = read_xattr_meta(fd) if self._xattrs else None
-        if meta is None:
-            meta = read_meta(meta_path(path))
-            if meta.get("inode") != info.st_ino:
-                return None
-        sha256, content_type = meta.get("sha256"), meta.get("content_type")
-        if meta.get("size_bytes") != info.st_size or not isinstance(sha256, str) or not isinstance(content_type, str):
-            return None
-        return ObjectRef(key, info.st_size, sha256, content_type)
 
     def _rebuild_meta(self, key: str, file: IO[bytes]) -> ObjectRef:
         """Rewrites metadata that does not match its bytes (torn by a crash or changed behind our
@@ -427,21 +400,10 @@ class LocalBackend:
         while chunk := file.read(READ_CHUNK_BYTES):
             hasher.update(chunk)
             size += len(chunk)
-        fd = file.fileno()
-        sidecar = meta_path(self._path(key))
-        recorded = (read_xattr_meta(fd) if self._xattrs else None) or read_meta(sidecar)
-        ref = ObjectRef(key, size, hasher.hexdigest(), str(recorded.get("content_type") or DEFAULT_CONTENT_TYPE))
-        if self._xattrs:
-            os.setxattr(fd, META_XATTR, meta_bytes(ref))  # the owner may, though the file is open read-only
-            os.fsync(fd)
-            with contextlib.suppress(FileNotFoundError):
-                sidecar.unlink()
-        else:
-            meta_temp = write_temp(self._tmp, "meta-", meta_bytes(ref, os.fstat(fd).st_ino))
-            try:
-                os.replace(meta_temp, sidecar)
-            finally:
-                meta_temp.unlink(missing_ok=True)
+        path, fd = self._path(key), file.fileno()
+        content_type = recorded_content_type(path, fd, self._xattrs) or DEFAULT_CONTENT_TYPE
+        ref = ObjectRef(key, size, hasher.hexdigest(), content_type)
+        rewrite(path, fd, ref, self._xattrs, self._tmp)
         log.warning("rebuilt the metadata of %r from its bytes", key)
         return ref
 

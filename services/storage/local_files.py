@@ -1,9 +1,5 @@
-"""Primitives the local backend is built from: blocking file steps and two small async pieces.
-
-An object's metadata (size, sha256, content type) is kept as JSON in the META_XATTR extended
-attribute of the object's own file or, on filesystems without user xattrs and for objects
-stored by older versions, in a sidecar file beside it, which adds the inode of the bytes it
-describes (an attribute is on them).
+"""Primitives the local backend is built from: blocking file steps and two small async pieces
+(an object's metadata: local_meta.py).
 
 Every function here that touches the disk blocks; the backend calls them through
 asyncio.to_thread (or `run_whole` while it holds a key's lock), never on the event loop.
@@ -13,78 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import json
 import os
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from services.storage.backend import READ_CHUNK_BYTES, ObjectRef
+from services.storage.backend import READ_CHUNK_BYTES
 
-META_SUFFIX = ".meta.json"
-META_XATTR = "user.comfyfleet.meta"
-_NO_XATTRS = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM})  # what setxattr says where there are none
 _T = TypeVar("_T")
-
-
-# -- metadata: extended attribute or sidecar --------------------------------------------------
-
-
-def meta_path(path: Path) -> Path:
-    """Where the sidecar of the object stored at `path` lives."""
-    return path.with_name(path.name + META_SUFFIX)
-
-
-def meta_bytes(ref: ObjectRef, inode: int | None = None) -> bytes:
-    """Metadata as stored: what GetObject reports; a sidecar adds the inode of the bytes it describes."""
-    fields: dict[str, object] = {"size_bytes": ref.size_bytes, "sha256": ref.sha256, "content_type": ref.content_type}
-    if inode is not None:
-        fields["inode"] = inode
-    return json.dumps(fields).encode("utf-8")
-
-
-def read_meta(path: Path) -> dict[str, Any]:
-    """A sidecar's fields, or {} when it is missing or unreadable."""
-    try:
-        return _parse_meta(path.read_bytes())
-    except (FileNotFoundError, NotADirectoryError):
-        return {}
-
-
-def read_xattr_meta(fd: int) -> dict[str, Any] | None:
-    """The fields recorded on an open object file, None when it has none ({} when unreadable)."""
-    try:
-        raw = os.getxattr(fd, META_XATTR)
-    except OSError as err:
-        if err.errno == errno.ENODATA or err.errno in _NO_XATTRS:
-            return None
-        raise
-    return _parse_meta(raw)
-
-
-def _parse_meta(raw: bytes) -> dict[str, Any]:
-    try:
-        meta = json.loads(raw)
-    except ValueError:
-        return {}
-    return meta if isinstance(meta, dict) else {}
-
-
-def xattrs_supported(directory: Path) -> bool:
-    """Whether files in `directory` take user extended attributes, tried on a temp file there."""
-    file, probe = create_temp(directory, "probe-")
-    try:
-        with file:
-            os.setxattr(file.fileno(), META_XATTR, b"{}")
-    except OSError as err:
-        if err.errno in _NO_XATTRS:
-            return False
-        raise
-    finally:
-        probe.unlink(missing_ok=True)
-    return True
 
 
 # -- temp files and durability ----------------------------------------------------------------
@@ -96,11 +29,9 @@ def create_temp(directory: Path, prefix: str) -> tuple[IO[bytes], Path]:
     return os.fdopen(fd, "wb"), Path(name)
 
 
-def seal(file: IO[bytes], xattr_meta: bytes | None = None) -> int:
-    """Makes what was written to `file` durable, `xattr_meta` recorded on it first; returns its inode."""
+def durable(file: IO[bytes]) -> int:
+    """Makes what was written to `file` durable; returns its inode."""
     file.flush()
-    if xattr_meta is not None:
-        os.setxattr(file.fileno(), META_XATTR, xattr_meta)
     os.fsync(file.fileno())
     return os.fstat(file.fileno()).st_ino
 
@@ -111,7 +42,7 @@ def write_temp(directory: Path, prefix: str, content: bytes) -> Path:
     try:
         with file:
             file.write(content)
-            seal(file)
+            durable(file)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise

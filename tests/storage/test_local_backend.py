@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import json
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -20,6 +19,7 @@ from typing import Any
 import pytest
 
 from services.storage import local_backend as local_backend_module
+from services.storage.backend import ObjectRef
 from services.storage.errors import InvalidKey, KeyConflict, ObjectNotFound, ObjectTooLarge, StorageFull
 from services.storage.local_backend import SMALL_OBJECT_BYTES, LocalBackend
 
@@ -202,9 +202,9 @@ async def test_a_full_disk_while_storing_a_small_object_cleans_up(
 async def test_a_full_disk_while_setting_the_metadata_attribute_cleans_up(
     local_backend: LocalBackend, root: Path, monkeypatch: pytest.MonkeyPatch, code: int, size: int
 ) -> None:
-    def attribute_does_not_fit(file: object, xattr_meta: bytes | None = None) -> int:
+    def attribute_does_not_fit(file: object, ref: ObjectRef, xattrs: bool) -> bytes | None:
         # ext4 stores a large attribute in a block of its own, which a full disk cannot give
-        assert json.loads(xattr_meta or b"")["size_bytes"] == size
+        assert (ref.size_bytes, xattrs) == (size, True)
         assert [f for f in files_under(root) if f.startswith("tmp/put-")], "the bytes should be on disk"
         raise OSError(code, os.strerror(code))
 
