@@ -64,6 +64,11 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
 ]
 
+# The initial metadata a watch stream (WatchWorkflow) sends once the caller and the workflow
+# are checked, before its first message (workflow_service.proto).
+WATCH_READY_KEY = "x-comfyfleet-watch"
+WATCH_READY = ((WATCH_READY_KEY, "ready"),)
+
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

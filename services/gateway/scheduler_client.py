@@ -30,6 +30,7 @@ from comfyfleet.scheduler.v1 import (
     workflow_service_pb2_grpc,
 )
 
+from services.common.grpc_server import WATCH_READY_KEY
 from services.common.grpc_telemetry import outgoing_metadata
 from services.gateway.create_batcher import CreateBatcher, Metadata
 from services.gateway.errors import from_grpc
@@ -51,6 +52,7 @@ EventsMessage = event_service_pb2.WatchEventsResponse
 class WorkflowWatch(Protocol):
     """A running WatchWorkflow call."""
 
+    async def started(self) -> None: ...
     async def next(self) -> WatchMessage | None: ...
     def cancel(self) -> None: ...
 
@@ -91,6 +93,17 @@ class GrpcWatch:
         call: grpc.aio.UnaryStreamCall[workflow_service_pb2.WatchWorkflowRequest, WatchMessage],
     ) -> None:
         self._call = call
+
+    async def started(self) -> None:
+        """Returns once the scheduler has checked the caller and the workflow (the stream's
+        initial metadata); raises what it refused the watch with."""
+        try:
+            metadata = await self._call.initial_metadata()
+            ready = any(key == WATCH_READY_KEY for key, _ in metadata or ())
+            if not ready and self._call.done() and await self._call.code() != grpc.StatusCode.OK:
+                await self._call.read()  # refused before any metadata: raises its error
+        except grpc.aio.AioRpcError as err:
+            raise from_grpc(err, "scheduler") from None
 
     async def next(self) -> WatchMessage | None:
         try:

@@ -38,16 +38,24 @@ async def _subscribe(request: Request) -> tuple[Subscription | None, bytes | Non
     workflow_id = request.path_params["id"]
     last_event_id = sse.last_event_id(request)
     if last_event_id is not None:
-        # Resuming: no snapshot, and the next event may be far away, so check the workflow
-        # first to answer 401/404 as JSON rather than as an empty stream.
-        await gw.scheduler.get_workflow(auth, workflow_id)
+        # Resuming: no snapshot, and the next event may be far away, so the caller and the
+        # workflow are checked first, to answer 401/404 as JSON rather than as an empty stream:
+        # by the new watch's start, or, to join another caller's feed, by reading the workflow.
         subscription = gw.feeds.join(workflow_id, last_event_id)
-        if subscription is None:
-            watch = gw.scheduler.watch_workflow(
-                auth, workflow_id, after_seq=last_event_id, from_start=last_event_id == 0
-            )
-            subscription = gw.feeds.open(workflow_id, watch, last_event_id)
-        return subscription, None
+        if subscription is not None:
+            try:
+                await gw.scheduler.get_workflow(auth, workflow_id)
+            except BaseException:
+                subscription.cancel()
+                raise
+            return subscription, None
+        watch = gw.scheduler.watch_workflow(auth, workflow_id, after_seq=last_event_id, from_start=last_event_id == 0)
+        try:
+            await watch.started()
+        except BaseException:
+            watch.cancel()
+            raise
+        return gw.feeds.open(workflow_id, watch, last_event_id), None
     if gw.feeds.has(workflow_id):
         # Someone here already watches it: the snapshot comes from the workflow as it is now.
         workflow = await gw.scheduler.get_workflow(auth, workflow_id)

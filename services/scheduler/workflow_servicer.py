@@ -19,7 +19,7 @@ from comfyfleet.scheduler.v1 import (
 )
 
 from services.common.errors import ComfyfleetError, InvalidArgument, status_proto_for
-from services.common.grpc_server import maps_domain_errors
+from services.common.grpc_server import WATCH_READY, maps_domain_errors
 from services.common.grpc_telemetry import log_item
 from services.scheduler.db.identity_store import API, IdentityStore
 from services.scheduler.db.models import UserRow
@@ -133,7 +133,7 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
         self, request: workflow_service_pb2.WatchWorkflowRequest, context: Context
     ) -> AsyncIterator[workflow_service_pb2.WatchWorkflowResponse]:
         user = await caller(self.identity, context)
-        async for item in self.workflows.watch(user, request):
+        async for item in self.workflows.watch(user, request, lambda: context.send_initial_metadata(WATCH_READY)):
             yield item
 
 

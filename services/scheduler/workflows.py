@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from comfyfleet.runner.v1 import runner_session_service_pb2 as session_pb2
@@ -282,14 +282,18 @@ class Workflows:
         return workflow_pb(row, outputs)
 
     async def watch(
-        self, user: UserRow, req: workflow_service_pb2.WatchWorkflowRequest
+        self, user: UserRow, req: workflow_service_pb2.WatchWorkflowRequest,
+        checked: Callable[[], Awaitable[None]] | None = None,
     ) -> AsyncIterator[workflow_service_pb2.WatchWorkflowResponse]:
-        """Snapshot (unless resuming), stored events after the cursor, then live ones.
+        """Snapshot (unless resuming), stored events after the cursor, then live ones;
+        `checked()` is awaited once the workflow is found, before anything is yielded.
 
         One read of the row, after the watcher is registered: every event committed after it
         reaches the watcher, every one before it is in the row or in the log."""
         with self.hub.watch(req.id) as watcher:
             row, outputs = await self.store.get(req.id, user.id)  # NotFound before anything is sent
+            if checked is not None:
+                await checked()
             last = req.after_seq
             if req.after_seq == 0 and not req.from_start:
                 yield workflow_service_pb2.WatchWorkflowResponse(snapshot=workflow_pb(row, outputs))

@@ -37,7 +37,7 @@ from services.common.errors import (
     Unauthenticated,
     status_proto_for,
 )
-from services.common.grpc_server import maps_domain_errors
+from services.common.grpc_server import WATCH_READY, maps_domain_errors
 
 GOOD_TOKEN = "good-token"
 USER_ID = "6f1c2a4e-0000-4000-8000-000000000001"
@@ -87,6 +87,7 @@ class FakeScheduler(user_service_pb2_grpc.UserServiceServicer, workflow_service_
     batches: list[int] = field(default_factory=list)  # CreateWorkflows calls: items in each
     create_gate: asyncio.Event | None = None  # set: creates wait for it after being recorded
     get_user_calls: int = 0
+    get_workflow_calls: int = 0
     # Watch scripts: workflow id -> messages; None = wait until the client cancels,
     # a float = sleep that long, an error = end the stream with it.
     watch_scripts: dict[str, list[workflow_service_pb2.WatchWorkflowResponse | float | ComfyfleetError | None]] = field(
@@ -158,6 +159,7 @@ class FakeScheduler(user_service_pb2_grpc.UserServiceServicer, workflow_service_
     async def GetWorkflow(
         self, request: workflow_service_pb2.GetWorkflowRequest, context: Context
     ) -> workflow_service_pb2.GetWorkflowResponse:
+        self.get_workflow_calls += 1
         if self.on_get is not None:
             self.on_get()
         _authenticate(context)
@@ -196,6 +198,7 @@ class FakeScheduler(user_service_pb2_grpc.UserServiceServicer, workflow_service_
         _authenticate(context)
         self.watch_requests.append(request)
         self._find(request.id)
+        await context.send_initial_metadata(WATCH_READY)  # checked (workflow_service.proto)
         try:
             for item in self.watch_scripts.get(request.id, []):
                 if item is None:

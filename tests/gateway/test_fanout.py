@@ -19,6 +19,7 @@ import httpx
 from comfyfleet.scheduler.v1 import workflow_pb2, workflow_service_pb2
 from grpc.aio import ServicerContext
 
+from services.common.grpc_server import WATCH_READY
 from tests.gateway.conftest import AUTH, Stack
 from tests.gateway.fakes import FakeScheduler, make_workflow, ts
 
@@ -59,6 +60,7 @@ class LiveScheduler(FakeScheduler):
         self, request: workflow_service_pb2.WatchWorkflowRequest, context: ServicerContext[Any, Any]
     ) -> AsyncIterator[Watch]:
         self.watch_requests.append(request)
+        await context.send_initial_metadata(WATCH_READY)  # checked (workflow_service.proto)
         cursor = request.after_seq
         if cursor == 0 and not request.from_start:
             yield Watch(snapshot=self.workflows[WF])

@@ -122,6 +122,21 @@ async def test_resuming_passes_the_last_event_id_and_sends_no_snapshot(
     assert (request.after_seq, request.from_start) == (after_seq, from_start)
 
 
+async def test_a_resumed_stream_starts_before_its_next_event_without_reading_the_workflow(stack: Stack) -> None:
+    # The watch's start (its initial metadata, sent once the scheduler checked the caller and
+    # the workflow) is the check: no GetWorkflow, and the 200 does not wait for an event.
+    stack.scheduler.workflows[WF] = make_workflow(WF)
+    stack.scheduler.watch_scripts[WF] = [None]  # nothing, until the client goes away
+    url = f"/v1/workflow/{WF}/subscribe"
+    async with stack.client.stream("GET", url, headers={**AUTH, "Last-Event-ID": "4"}) as reply:
+        assert reply.status_code == 200
+        first = await asyncio.wait_for(anext(reply.aiter_text()), 5)
+        assert first.startswith("retry: 3000")
+    assert stack.scheduler.get_workflow_calls == 0
+    [request] = stack.scheduler.watch_requests
+    assert request.after_seq == 4
+
+
 @pytest.mark.parametrize(
     ("headers", "params", "field"),
     [({"Last-Event-ID": "-1"}, None, "Last-Event-ID"), ({"Last-Event-ID": "abc"}, None, "Last-Event-ID"),

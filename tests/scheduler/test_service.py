@@ -23,6 +23,7 @@ from comfyfleet.scheduler.v1 import workflow_pb2, workflow_service_pb2
 from comfyfleet.storage.v1 import object_pb2
 
 from services.common.errors import ComfyfleetError, from_rpc_error
+from services.common.grpc_server import WATCH_READY_KEY
 
 from .harness import LEASE_SECONDS, Scheduler, bearer, running_scheduler, status_name, watch
 
@@ -178,6 +179,25 @@ async def test_calls_without_a_valid_api_token_are_unauthenticated(scheduler: Sc
     for metadata, reason in cases:
         code, err = await fails(scheduler.workflows.GetWorkflow(get_request, metadata=metadata))
         assert (code, err.reason) == (grpc.StatusCode.UNAUTHENTICATED, reason), metadata
+
+
+async def test_a_watch_says_it_started_before_its_first_event(scheduler: Scheduler) -> None:
+    # Resuming at the end of an unfinished workflow: no message may come for a long time, but
+    # the initial metadata says at once that the caller and the workflow were checked.
+    wf = await create(scheduler)
+    token = await scheduler.new_user_token("ann")
+    mine = scheduler.workflows.WatchWorkflow(W.WatchWorkflowRequest(id=wf.id, after_seq=wf.last_seq),
+                                             metadata=bearer(scheduler.dev_token))
+    refused = scheduler.workflows.WatchWorkflow(W.WatchWorkflowRequest(id=wf.id, after_seq=wf.last_seq),
+                                                metadata=bearer(token))
+    try:
+        assert (WATCH_READY_KEY, "ready") in tuple(await asyncio.wait_for(mine.initial_metadata(), 5))
+        assert not mine.done()
+        assert WATCH_READY_KEY not in dict(await asyncio.wait_for(refused.initial_metadata(), 5))
+        assert await refused.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        mine.cancel()
+        refused.cancel()
 
 
 async def test_another_users_workflow_is_not_found_like_one_that_does_not_exist(scheduler: Scheduler) -> None:
