@@ -2,11 +2,14 @@
 
 `Outbox.emit` stamps each event with its `runner_seq` (1, 2, 3, ... per (workflow_id, attempt))
 and the wall-clock time, and queues it. The session writes queued events in order and marks
-each one written. The protocol has no acknowledgement, so a written event is kept for a
-`window` (the lease): if the stream breaks, `rewind` puts the events written within the window
-back in front of the queue and they are resent on the next stream; the scheduler drops the
-repeats by `runner_seq`. An event older than the lease that the scheduler did not get would
-have cost us the lease anyway, and then Welcome.abandon tells the runner what to drop.
+each one written; `next_batch` gives it what is queued together (up to a count and a size) to
+write as one message, so that e.g. `output_stored` and `completed`, emitted a moment apart,
+reach the scheduler together and commit in one transaction. The protocol has no
+acknowledgement, so a written event is kept for a `window` (the lease): if the stream breaks,
+`rewind` puts the events written within the window back in front of the queue and they are
+resent on the next stream; the scheduler drops the repeats by `runner_seq`. An event older
+than the lease that the scheduler did not get would have cost us the lease anyway, and then
+Welcome.abandon tells the runner what to drop.
 
 Single-threaded asyncio: no locks; `wait` wakes the writer.
 """
@@ -55,12 +58,20 @@ class Outbox:
         self._empty.clear()
         return event
 
-    def next(self) -> runner_event_pb2.RunnerEvent | None:
-        """The oldest queued event, left queued until `written` is called."""
-        return self._queued[0] if self._queued else None
+    def next_batch(self, max_events: int, max_bytes: int) -> list[runner_event_pb2.RunnerEvent]:
+        """The oldest queued events, left queued until `written` is called for each, in order:
+        at most `max_events`, and no more than `max_bytes` serialized (but at least one)."""
+        batch: list[runner_event_pb2.RunnerEvent] = []
+        size = 0
+        for event in self._queued:
+            size += event.ByteSize()
+            if len(batch) == max_events or (batch and size > max_bytes):
+                break
+            batch.append(event)
+        return batch
 
     def written(self, event: runner_event_pb2.RunnerEvent) -> None:
-        """`event` (what `next` returned) is on the wire."""
+        """`event` (each of what `next_batch` returned, in order) is on the wire."""
         now = self._clock()
         if self._queued and self._queued[0] is event:  # else it was dropped meanwhile
             self._written.append(_Written(now, self._queued.popleft()))

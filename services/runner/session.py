@@ -3,11 +3,17 @@
 One stream at a time:
 
     up    Hello{token, name, tags, slots, comfyui_version, object_info_digest, node_classes, held}
-    down  Welcome{runner_id, lease, heartbeat_interval, abandon}
+    down  Welcome{runner_id, lease, heartbeat_interval, abandon, takes_event_batches}
           -> abandon what it lists, resend the outbox (events possibly lost with the last
              stream first, then the ones queued while disconnected)
-    up    Heartbeat{in_flight} every heartbeat_interval, Event as the outbox fills
+    up    Heartbeat{in_flight} every heartbeat_interval, and the outbox's events as it fills:
+          what is queued together goes as one Events message (at most MAX_BATCH_EVENTS,
+          about MAX_BATCH_BYTES) when the Welcome says takes_event_batches, a lone event
+          (or every event, to a scheduler without the flag) as an Event
     down  Assignment / Cancel / Drain, handed to the `SessionHandler`
+
+One message for several events saves the runner a write each (grpc.aio writes every message
+with a sendmsg of its own) and lets the scheduler commit them in one transaction.
 
 When the stream breaks (the scheduler restarted or is unreachable), the held work keeps
 running and its events pile up in the outbox; the session reconnects with capped exponential
@@ -84,6 +90,11 @@ class Readiness(Protocol):
 class _StreamEnded(Exception):
     pass
 
+
+# The most events written as one message: a burst goes up in a few messages, none near
+# gRPC's 4 MiB message limit (an event larger than MAX_BATCH_BYTES goes alone).
+MAX_BATCH_EVENTS = 64
+MAX_BATCH_BYTES = 1024 * 1024
 
 # While it holds work, a runner retries at least this many times per lease: the scheduler
 # gives the work to another runner one lease after losing the stream (or after its restart).
@@ -223,7 +234,8 @@ class RunnerSession:
             log.info("welcomed as runner %s (lease %.0f s, heartbeat %.1f s)", self.runner_id, lease, beat)
             self.connected.set()
             tasks = [
-                asyncio.create_task(self._write_events(call), name="session writer"),
+                asyncio.create_task(self._write_events(call, batches=welcome.takes_event_batches),
+                                    name="session writer"),
                 asyncio.create_task(self._heartbeat(call, beat), name="session heartbeat"),
                 asyncio.create_task(self._read(call), name="session reader"),
                 asyncio.create_task(self._watch(facts), name="session readiness"),
@@ -249,15 +261,24 @@ class RunnerSession:
         await self.flush(self._settings.welcome_timeout_s)
         raise _StreamEnded(reason)
 
-    async def _write_events(self, call: grpc.aio.StreamStreamCall[pb.ConnectRequest, pb.ConnectResponse]) -> None:
+    async def _write_events(self, call: grpc.aio.StreamStreamCall[pb.ConnectRequest, pb.ConnectResponse], *,
+                            batches: bool) -> None:
+        """Writes what the outbox queues, in order: several events as one Events message when
+        the scheduler takes them (`batches`), else one Event per message."""
+        max_events = MAX_BATCH_EVENTS if batches else 1
         while True:
             await self._outbox.wait()
-            event = self._outbox.next()
-            if event is None:
+            batch = self._outbox.next_batch(max_events, MAX_BATCH_BYTES)
+            if not batch:
                 continue
+            if len(batch) == 1:
+                request = pb.ConnectRequest(event=batch[0])
+            else:
+                request = pb.ConnectRequest(events=pb.RunnerEvents(events=batch))
             async with self._write_lock:
-                await call.write(pb.ConnectRequest(event=event))
-            self._outbox.written(event)
+                await call.write(request)
+            for event in batch:
+                self._outbox.written(event)
 
     async def _heartbeat(
         self, call: grpc.aio.StreamStreamCall[pb.ConnectRequest, pb.ConnectResponse], interval_s: float

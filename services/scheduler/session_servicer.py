@@ -1,6 +1,9 @@
 """RunnerSessionService: one bidirectional stream per runner; the stream is the lease.
 
-Up: Hello, then Heartbeat and Event. Down: Welcome, then Assignment, Cancel, Drain.
+Up: Hello, then Heartbeat and Event or Events. Down: Welcome, then Assignment, Cancel, Drain.
+The Welcome says `takes_event_batches`: a runner then writes the events it has queued together
+as one Events message (they apply as that many Event messages in order, and so commit together);
+a runner that does not see the flag (an older scheduler's Welcome) sends one Event per message.
 A stream that breaks gives the runner `lease` seconds to come back and claim what it holds;
 a stream on which nothing arrives for `lease` seconds is closed and its work requeued at once.
 A heartbeat that says `draining` (the runner is shutting down) stops new assignments to it.
@@ -18,6 +21,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from comfyfleet.runner.v1 import runner_event_pb2
 from comfyfleet.runner.v1 import runner_session_service_pb2 as session_pb2
 from comfyfleet.runner.v1 import runner_session_service_pb2_grpc as session_grpc
 from google.protobuf.duration_pb2 import Duration
@@ -158,6 +162,7 @@ class RunnerSessionServicer(session_grpc.RunnerSessionServiceServicer):
                            nanos=int(self.settings.lease_seconds % 1 * 1e9)),
             heartbeat_interval=Duration(seconds=int(self.settings.heartbeat_seconds),
                                         nanos=int(self.settings.heartbeat_seconds % 1 * 1e9)),
+            takes_event_batches=True,
         )
         for held in hello.held:
             row = open_rows.get(held.workflow_id)
@@ -171,9 +176,9 @@ class RunnerSessionServicer(session_grpc.RunnerSessionServiceServicer):
 
     async def _read(self, session: Session, requests: AsyncIterator[session_pb2.ConnectRequest]) -> None:
         """Events are queued for the group commit as they arrive, without waiting for the one
-        before to commit (so a burst shares a transaction); they apply in arrival order. At most
-        EVENTS_IN_FLIGHT wait at a time: then reading waits too, and gRPC flow control holds
-        the runner back."""
+        before to commit (so a burst, and every batch, shares a transaction); they apply in
+        arrival order. At most EVENTS_IN_FLIGHT wait at a time: then reading waits too, and gRPC
+        flow control holds the runner back."""
         last_touch = 0.0
         applying: collections.deque[asyncio.Future[None]] = collections.deque()
         try:
@@ -182,26 +187,10 @@ class RunnerSessionServicer(session_grpc.RunnerSessionServiceServicer):
                 session.last_heard = now
                 kind = message.WhichOneof("message")
                 if kind == "event":
-                    while applying and applying[0].done():
-                        applying.popleft()
-                    if message.event.WhichOneof("kind") == "handed_back":
-                        # A requeue reads the rows: the events before it must be in first.
-                        await asyncio.shield(asyncio.gather(*applying))
-                        handing = asyncio.ensure_future(self.execution.on_event(session, message.event))
-                        try:
-                            await asyncio.shield(handing)
-                        except asyncio.CancelledError:
-                            self.store.db.adopt(handing)
-                            raise
-                        except Exception:
-                            log.exception("event from runner %s could not be applied", session.name)
-                    else:
-                        # An event that arrived is applied and published whole, even if the session
-                        # ends meanwhile: a change committed but never published would leave
-                        # watchers waiting for a terminal event they never get. (Never raises.)
-                        applying.append(self.execution.event_arrived(session, message.event))
-                    if len(applying) >= EVENTS_IN_FLIGHT:
-                        await asyncio.shield(applying[0])
+                    await self._event(session, message.event, applying)
+                elif kind == "events":
+                    for event in message.events.events:
+                        await self._event(session, event, applying)
                 elif kind == "heartbeat":
                     if message.heartbeat.draining and not session.draining:
                         session.draining = True  # shutting down: nothing new for it (Fleet.snapshot)
@@ -216,3 +205,28 @@ class RunnerSessionServicer(session_grpc.RunnerSessionServiceServicer):
                 if not pending.done():
                     self.store.db.adopt(pending)  # Database.close waits for them
         session.close()  # the runner closed its side
+
+    async def _event(self, session: Session, event: runner_event_pb2.RunnerEvent,
+                     applying: collections.deque[asyncio.Future[None]]) -> None:
+        """Queues one event's change (`applying`: those queued and not yet committed); waits
+        only for a `handed_back` (after the events before it) or when EVENTS_IN_FLIGHT wait."""
+        while applying and applying[0].done():
+            applying.popleft()
+        if event.WhichOneof("kind") == "handed_back":
+            # A requeue reads the rows: the events before it must be in first.
+            await asyncio.shield(asyncio.gather(*applying))
+            handing = asyncio.ensure_future(self.execution.on_event(session, event))
+            try:
+                await asyncio.shield(handing)
+            except asyncio.CancelledError:
+                self.store.db.adopt(handing)
+                raise
+            except Exception:
+                log.exception("event from runner %s could not be applied", session.name)
+        else:
+            # An event that arrived is applied and published whole, even if the session
+            # ends meanwhile: a change committed but never published would leave
+            # watchers waiting for a terminal event they never get. (Never raises.)
+            applying.append(self.execution.event_arrived(session, event))
+        if len(applying) >= EVENTS_IN_FLIGHT:
+            await asyncio.shield(applying[0])

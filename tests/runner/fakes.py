@@ -120,6 +120,7 @@ class FakeScheduler(pb_grpc.RunnerSessionServiceServicer):
                 seconds=int(self.heartbeat_s), nanos=round(self.heartbeat_s % 1 * 1e9)
             ),
             abandon=[pb.HeldWorkflow(workflow_id=w, attempt=a) for w, a in self.abandon_next],
+            takes_event_batches=True,
         )
         self.abandon_next = []
         yield pb.ConnectResponse(welcome=welcome)
@@ -147,14 +148,19 @@ class FakeScheduler(pb_grpc.RunnerSessionServiceServicer):
             if kind == "heartbeat":
                 self.heartbeats.append(request.heartbeat.in_flight)
             elif kind == "event":
-                event = request.event
-                self.raw_events.append(event)
-                key = (event.workflow_id, event.attempt)
-                if event.runner_seq > self._applied.get(key, 0):
-                    if event.runner_seq != self._applied.get(key, 0) + 1:
-                        self.seq_gaps.append((key, self._applied.get(key, 0), event.runner_seq))
-                    self._applied[key] = event.runner_seq
-                    self.applied_events.append(event)
+                self._arrived(request.event)
+            elif kind == "events":  # several at once, as the real scheduler takes them
+                for event in request.events.events:
+                    self._arrived(event)
+
+    def _arrived(self, event: runner_event_pb2.RunnerEvent) -> None:
+        self.raw_events.append(event)
+        key = (event.workflow_id, event.attempt)
+        if event.runner_seq > self._applied.get(key, 0):
+            if event.runner_seq != self._applied.get(key, 0) + 1:
+                self.seq_gaps.append((key, self._applied.get(key, 0), event.runner_seq))
+            self._applied[key] = event.runner_seq
+            self.applied_events.append(event)
 
 
 class MemoryStorage(storage_service_pb2_grpc.StorageServiceServicer):

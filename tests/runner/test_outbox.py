@@ -16,9 +16,10 @@ class Clock:
 
 def drain(outbox: Outbox) -> list[tuple[str, int, int]]:
     sent = []
-    while (event := outbox.next()) is not None:
-        outbox.written(event)
-        sent.append((event.workflow_id, event.attempt, event.runner_seq))
+    while batch := outbox.next_batch(64, 1 << 20):
+        for event in batch:
+            outbox.written(event)
+            sent.append((event.workflow_id, event.attempt, event.runner_seq))
     return sent
 
 
