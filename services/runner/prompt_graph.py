@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from services.common.comfy_graph import convert_ui_workflow
@@ -137,10 +137,12 @@ def node_errors_summary(errors: list[NodeErrorInfo]) -> str:
 
 @dataclass(frozen=True)
 class QueueSnapshot:
-    """`GET /queue`: the running prompt ids and the pending (number, prompt id) pairs."""
+    """`GET /queue`: the running prompt ids and the pending (number, prompt id) pairs; the
+    client_id each prompt was sent with (ComfyUI adds it to the item's extra_data), by id."""
 
     running: tuple[str, ...]
     pending: tuple[tuple[float, str], ...]
+    client_ids: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def holds(self, prompt_id: str) -> bool:
         return prompt_id in self.running or any(pid == prompt_id for _, pid in self.pending)
@@ -150,14 +152,23 @@ def parse_queue(body: Any) -> QueueSnapshot:
     """Items are `[number, prompt_id, prompt, extra_data, outputs_to_execute]`."""
     running: list[str] = []
     pending: list[tuple[float, str]] = []
+    client_ids: dict[str, str] = {}
     if isinstance(body, Mapping):
         for item in body.get("queue_running") or []:
             if isinstance(item, list) and len(item) >= 2:
                 running.append(str(item[1]))
+                _note_client(client_ids, item)
         for item in body.get("queue_pending") or []:
             if isinstance(item, list) and len(item) >= 2 and isinstance(item[0], int | float):
                 pending.append((float(item[0]), str(item[1])))
-    return QueueSnapshot(running=tuple(running), pending=tuple(pending))
+                _note_client(client_ids, item)
+    return QueueSnapshot(running=tuple(running), pending=tuple(pending), client_ids=client_ids)
+
+
+def _note_client(client_ids: dict[str, str], item: list[Any]) -> None:
+    extra = item[3] if len(item) >= 4 else None
+    if isinstance(extra, Mapping) and isinstance(extra.get("client_id"), str):
+        client_ids[str(item[1])] = extra["client_id"]
 
 
 def queue_position(queue: QueueSnapshot, prompt_id: str) -> int | None:

@@ -35,6 +35,7 @@ from services.runner.config import RunnerSettings, load_settings
 from services.runner.errors import ConfigError
 from services.runner.execution import ExecutionSettings
 from services.runner.metrics import RunnerCollector
+from services.runner.orphans import CLIENT_PREFIX, stop_orphans
 from services.runner.outbox import Outbox
 from services.runner.pool import RunningPool, start_pool
 from services.runner.session import RunnerIdentity, RunnerSession, SessionSettings
@@ -77,7 +78,9 @@ async def start_runner(settings: RunnerSettings) -> RunningRunner:
     comfyui = ComfyUIClient(settings.comfyui_url, request_timeout_s=settings.comfyui_request_timeout_s,
                             headers=dict(settings.comfyui_headers))
     storage = StorageClient(settings.storage, settings.security)
-    feed = ComfyUIFeed(comfyui, f"comfyfleet-{uuid.uuid4()}", backoff=settings.comfyui_backoff)
+    client_id = f"{CLIENT_PREFIX}{uuid.uuid4()}"
+    await stop_orphans(comfyui, client_id)  # before the Hello: what we held may be placed elsewhere at once
+    feed = ComfyUIFeed(comfyui, client_id, backoff=settings.comfyui_backoff)
     outbox = Outbox(window_s=settings.default_lease_s)
     watch = ComfyUIWatch(comfyui, feed, unready_after_s=settings.comfyui_unready_after_s)
     agent = RunnerAgent(
