@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -17,18 +15,12 @@ from comfyfleet.scheduler.v1 import workflow_pb2, workflow_service_pb2
 
 from services.common.errors import Conflict, InvalidArgument, from_status_bytes
 
-from .harness import Scheduler, bearer, running_scheduler
+from .harness import Scheduler, bearer
 
 pytestmark = pytest.mark.timeout(30)
 
 GRAPH = json.dumps({"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1,
                                                                   "color": 0}}})
-
-
-@pytest.fixture
-async def scheduler(tmp_path: Path) -> AsyncIterator[Scheduler]:
-    async with running_scheduler(tmp_path) as s:
-        yield s
 
 
 def item(name: str, **fields: object) -> workflow_service_pb2.CreateWorkflowRequest:

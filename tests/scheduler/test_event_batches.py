@@ -8,8 +8,6 @@ others write Events messages of their own through the harness's fake runner agen
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from comfyfleet.runner.v1 import runner_event_pb2 as ev
@@ -25,16 +23,10 @@ from services.scheduler.db.engine import Database
 from tests.runner.fakes import eventually
 from tests.runner.test_session import Handler, Readiness
 
-from .harness import FakeRunner, Scheduler, running_scheduler, watch
+from .harness import FakeRunner, Scheduler, watch
 from .test_service import SIMPLE, create, request
 
 pytestmark = pytest.mark.timeout(20)
-
-
-@pytest.fixture
-async def scheduler(tmp_path: Path) -> AsyncIterator[Scheduler]:
-    async with running_scheduler(tmp_path) as s:
-        yield s
 
 
 def database(s: Scheduler) -> Database:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -30,16 +29,10 @@ from services.scheduler.db.workflow_store import Change, WorkflowStore
 from services.scheduler.records import utcnow
 from services.scheduler.workflows import log_event
 
-from .harness import WAIT, Scheduler, bearer, running_scheduler
+from .harness import WAIT, Scheduler, bearer
 from .test_service import SIMPLE, create, request
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-async def scheduler(tmp_path: Path) -> AsyncIterator[Scheduler]:
-    async with running_scheduler(tmp_path) as s:
-        yield s
 
 
 @dataclass

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +24,7 @@ from services.scheduler.idempotency import Claim, KeyReused
 from services.scheduler.records import utcnow
 from services.scheduler.workflows import log_event, status_event
 
-from .harness import Scheduler, bearer, running_scheduler
+from .harness import Scheduler, bearer
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -145,12 +143,6 @@ async def test_outputs_dropped_in_a_batch_take_the_ones_added_before_it_in_the_s
 
 
 # -- through a runner session -------------------------------------------------------------------
-
-
-@pytest.fixture
-async def scheduler(tmp_path: Path) -> AsyncIterator[Scheduler]:
-    async with running_scheduler(tmp_path) as s:
-        yield s
 
 
 async def test_a_burst_of_runner_events_for_several_workflows_applies_in_order(scheduler: Scheduler) -> None:

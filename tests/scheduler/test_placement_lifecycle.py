@@ -6,8 +6,6 @@ these tests call them the same way."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from comfyfleet.runner.v1 import runner_event_pb2 as ev
@@ -16,16 +14,10 @@ from comfyfleet.scheduler.v1 import workflow_pb2
 
 from services.scheduler.execution import Execution
 
-from .harness import Scheduler, running_scheduler, status_name, watch
+from .harness import Scheduler, status_name, watch
 from .test_service import SIMPLE, create, get, request
 
 pytestmark = pytest.mark.timeout(20)
-
-
-@pytest.fixture
-async def scheduler(tmp_path: Path) -> AsyncIterator[Scheduler]:
-    async with running_scheduler(tmp_path) as s:
-        yield s
 
 
 def execution(s: Scheduler) -> Execution:

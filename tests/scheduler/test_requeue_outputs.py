@@ -5,23 +5,14 @@ output node)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 from comfyfleet.runner.v1 import runner_event_pb2 as ev
 from comfyfleet.storage.v1 import object_pb2
 
-from .harness import Scheduler, running_scheduler, watch
+from .harness import Scheduler, watch
 from .test_service import SIMPLE, create, get, request, status_of
 
 pytestmark = pytest.mark.timeout(20)
-
-
-@pytest.fixture
-async def scheduler(tmp_path: Path) -> AsyncIterator[Scheduler]:
-    async with running_scheduler(tmp_path) as s:
-        yield s
 
 
 def stored(wid: str, filename: str) -> ev.OutputStored:

@@ -11,8 +11,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
-from pathlib import Path
+from collections.abc import Awaitable
 from typing import Any
 
 import grpc
@@ -25,7 +24,7 @@ from comfyfleet.storage.v1 import object_pb2
 from services.common.errors import ComfyfleetError, from_rpc_error
 from services.common.grpc_server import WATCH_READY_KEY
 
-from .harness import LEASE_SECONDS, Scheduler, bearer, running_scheduler, status_name, watch
+from .harness import LEASE_SECONDS, Scheduler, bearer, status_name, watch
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -43,12 +42,6 @@ GRAPH = {
 SIMPLE = {"1": {"class_type": "EmptyLatentImage", "inputs": {"width": 512}}}
 
 W = workflow_service_pb2
-
-
-@pytest.fixture
-async def scheduler(tmp_path: Path) -> AsyncIterator[Scheduler]:
-    async with running_scheduler(tmp_path) as s:
-        yield s
 
 
 def image(workflow_id: str) -> W.WorkflowInput:
