@@ -9,12 +9,18 @@ Every workflow goes the whole way: assignment, upload, /prompt, websocket, outpu
 storage, completed.
 
 Target: >= 300 completed workflows/s through the suite with 10 runners.
+
+Next to it, the floor (bench/_floors.py, measured in the same run before the fleet starts):
+the least CPU one workflow can cost the suite's processes given the library calls it must
+make, the suite's measured CPU per workflow against it, and the rate this machine's cores
+would allow if the suite cost only its floor plus the doubles' measured share.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import sys
 import time
@@ -23,6 +29,7 @@ from typing import Any
 import httpx
 
 from bench._common import INVERT, CpuMeter, Fleet, create_body, dev_user_id, figure, log
+from bench._floors import measure as measure_floors
 from bench._profile import profiled
 from bench._seed import count_by_status, seed
 
@@ -76,6 +83,7 @@ def drain(fleet: Fleet, runners: int, backlog: int, *, profile: bool, timeout: f
 
 def main(quick: bool) -> dict[str, Any]:
     backlog = 150 if quick else 5000
+    floors = measure_floors(quick)
     # Time limits keep `make bench` to minutes when far from the target; the rate is then of
     # what finished within the limit (at 300/s, 5,000 drain in 17 s; the limit is 60 s).
     with Fleet(doubles=10, runners=1, runner_slots=SLOTS) as fleet:
@@ -84,6 +92,12 @@ def main(quick: bool) -> dict[str, Any]:
         fleet.wait_runners(10)
         many = drain(fleet, 10, backlog, profile=True, timeout=10 if quick else 60)
     note = f"drain of {many['finished']}/{backlog} in {many['drain_s']} s; steady {many['steady_rate']}/s"
+    per_workflow = many["cpu_ms_per_workflow"]
+    doubles_ms = per_workflow.pop("doubles")
+    suite_ms = sum(per_workflow.values())
+    floor_ms = floors.per_workflow_ms()
+    cores = os.cpu_count() or 1
+    floor_rate = cores * 1000 / (floor_ms + doubles_ms)
     return {
         "figures": [
             figure("completed/s, 10 runners", many["rate"], "/s", target=">= 300/s", met=many["rate"] >= 300,
@@ -93,9 +107,14 @@ def main(quick: bool) -> dict[str, Any]:
             figure("10 runners vs 1", many["rate"], "/s", baseline=one["rate"], note="scaling across runners"),
             figure("time to drain, 10 runners", many["drain_s"], "s",
                    note=f"backlog {backlog}" + (" (time limit reached)" if many["timed_out"] else "")),
+            figure("suite CPU per workflow vs its floor", suite_ms, "ms", baseline=floor_ms,
+                   note=f"gateway, scheduler, storage, 10 runners; floor: bench/_floors.py; doubles {doubles_ms} ms"),
+            figure(f"rate at the floor on {cores} cores", floor_rate, "/s", target=">= 300/s", met=floor_rate >= 300,
+                   note="if the suite cost only its floor (doubles as measured): the most this machine allows"),
         ],
         "ten_runners": many,
         "one_runner": one,
+        "floors": floors.as_dict(),
     }
 
 

@@ -4,12 +4,15 @@ Inputs are the users' files; they are kept only while a workflow needs them (API
 "deleted after workflow completion"). A rerun that does not send a file again therefore gets
 409 INPUT_GONE once its source has finished. Deletion runs in owned background tasks; when
 storage is down the files stay and the next sweep of the same prefix (on delete of the
-workflow) removes them.
+workflow) removes them. A workflow whose record names no file input has nothing under its
+prefix (the gateway removes what it stored for a create that failed), so it costs storage
+no call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 from services.scheduler.db.models import WorkflowRow
@@ -25,6 +28,8 @@ class InputSweeper:
 
     def finished(self, row: WorkflowRow) -> None:
         """Called once a workflow is terminal: deletes `inputs/{id}/` in the background."""
+        if not any(entry.get("is_file") for entry in json.loads(row.inputs_json)):
+            return
         task = asyncio.create_task(self._delete(row.id), name=f"delete-inputs-{row.id}")
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
