@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,11 +28,10 @@ from comfyfleet.downloads import DOWNLOAD_REFRESH_STATUSES, partial_path, target
 from comfyfleet.errors import APIError, TransportError, from_response
 from comfyfleet.models import AnyEvent, Model, Output, Runner, RunnerToken, Template, User, Workflow
 from comfyfleet.settings import Settings
-from comfyfleet.sse import FrameDecoder, Resume
-from comfyfleet.transport import RETRY_STATUSES, auth_headers, new_async_client, send_async
+from comfyfleet.sse import READ_TIMEOUT, Connection, Resume
+from comfyfleet.transport import auth_headers, new_async_client, send_async
 
 M = TypeVar("M", bound=Model)
-WATCH_READ_TIMEOUT = 45.0  # three keep-alive intervals without a byte: reconnect
 
 
 class AsyncClient:
@@ -56,39 +55,40 @@ class AsyncClient:
         response = await send_async(self.http, self.settings, call)
         return response.json() if response.content else None
 
-    async def events(self, *, after: int | None = None, workflow_id: str | None = None,
-                     max_failures: int = 10) -> AsyncIterator[AnyEvent]:
+    def events(self, *, after: int | None = None, workflow_id: str | None = None,
+               max_failures: int = 10) -> AsyncIterator[AnyEvent]:
         """Every event of all your workflows as it happens (GET /v1/events): as `Client.events`.
 
             >>> async for event in client.events():
             ...     print(event.seq, event.workflow_id, event.kind)
         """
-        resume = Resume(after, max_failures, until_terminal=False)
-        timeout = httpx.Timeout(self.settings.timeout, read=max(WATCH_READ_TIMEOUT, self.settings.timeout))
         params = {"workflow_id": workflow_id} if workflow_id else {}
-        while True:
-            cause: BaseException | str = "the stream ended"
-            retry_after: float | None = None
+        return self.follow("/v1/events", Resume(after, max_failures, until_terminal=False), params=params)
+
+    async def follow(self, path: str, resume: Resume, *, params: Mapping[str, str] | None = None,
+                     finished: Callable[[], Awaitable[bool]] | None = None) -> AsyncIterator[AnyEvent]:
+        """The events of the SSE stream at `path` across reconnects: as `Client.follow`."""
+        timeout = httpx.Timeout(self.settings.timeout, read=max(READ_TIMEOUT, self.settings.timeout))
+        while not resume.done:
+            connection = Connection(resume)
             try:
-                async with self.http.stream("GET", "/v1/events", params=params, timeout=timeout,
+                async with self.http.stream("GET", path, params=params, timeout=timeout,
                                             headers={**auth_headers(self.settings), **resume.headers()}) as response:
                     if response.status_code >= 400:
                         await response.aread()
-                        error = from_response(response)
-                        if error.status not in RETRY_STATUSES:
-                            raise error
-                        cause, retry_after = error, error.retry_after
+                        connection.refused(from_response(response))
                     else:
-                        decoder = FrameDecoder()
                         async for line in response.aiter_lines():
-                            frame = decoder.feed(line)
-                            if frame is None and line == "":
-                                resume.seen_id(decoder)  # the end of a frame without data
-                            elif frame is not None and (event := resume.accept(frame)) is not None:
+                            if (event := connection.feed(line)) is not None:
                                 yield event
+                            if resume.done:
+                                return
+                        connection.ended = True
             except httpx.TransportError as err:
-                cause = err
-            await asyncio.sleep(resume.failed(cause, retry_after))
+                connection.lost(err)
+            if finished is not None and connection.ended_empty and await finished():
+                return
+            await asyncio.sleep(connection.retry_delay())
 
     async def paginate(self, path: str, key: str, model: type[M], per_page: int, limit: int | None,
                  **filters: Any) -> AsyncIterator[M]:
@@ -221,7 +221,7 @@ class Workflows:
         """Removes a finished workflow and its stored objects."""
         await self._client.request(Call("DELETE", f"/v1/workflow/{workflow_id}"))
 
-    async def watch(self, workflow_id: str, *, from_start: bool = False, after: int | None = None,
+    def watch(self, workflow_id: str, *, from_start: bool = False, after: int | None = None,
               max_failures: int = 10) -> AsyncIterator[AnyEvent]:
         """The workflow's events, typed, until its terminal status (then the iterator ends).
 
@@ -236,36 +236,11 @@ class Workflows:
             2 status
         """
         resume = Resume(0 if from_start and after is None else after, max_failures)
-        settings = self._client.settings
-        timeout = httpx.Timeout(settings.timeout, read=max(WATCH_READ_TIMEOUT, settings.timeout))
-        while not resume.done:
-            cause: BaseException | str = "the stream ended before the workflow finished"
-            retry_after: float | None = None
-            seen_before, ended = resume.last_id, False
-            try:
-                async with self._client.http.stream("GET", f"/v1/workflow/{workflow_id}/subscribe", timeout=timeout,
-                                              headers={**auth_headers(settings), **resume.headers()}) as response:
-                    if response.status_code >= 400:
-                        await response.aread()
-                        error = from_response(response)
-                        if error.status not in RETRY_STATUSES:
-                            raise error
-                        cause, retry_after = error, error.retry_after
-                    else:
-                        decoder = FrameDecoder()
-                        async for line in response.aiter_lines():
-                            frame = decoder.feed(line)
-                            event = resume.accept(frame) if frame is not None else None
-                            if event is not None:
-                                yield event
-                            if resume.done:
-                                return
-                        ended = True
-            except httpx.TransportError as err:
-                cause = err
-            if ended and resume.last_id == seen_before and (await self.get(workflow_id)).is_terminal:
-                return  # nothing after `after` and already finished: the stream has nothing more to say
-            await asyncio.sleep(resume.failed(cause, retry_after))
+
+        async def finished() -> bool:
+            return (await self.get(workflow_id)).is_terminal
+
+        return self._client.follow(f"/v1/workflow/{workflow_id}/subscribe", resume, finished=finished)
 
     async def wait(self, workflow_id: str) -> Workflow:
         """Blocks until the workflow finishes (following its events); returns the full record."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,11 +30,10 @@ from comfyfleet.downloads import DOWNLOAD_REFRESH_STATUSES, partial_path, target
 from comfyfleet.errors import APIError, TransportError, from_response
 from comfyfleet.models import AnyEvent, Model, Output, Runner, RunnerToken, Template, User, Workflow
 from comfyfleet.settings import Settings
-from comfyfleet.sse import FrameDecoder, Resume
-from comfyfleet.transport import RETRY_STATUSES, auth_headers, new_client, send
+from comfyfleet.sse import READ_TIMEOUT, Connection, Resume
+from comfyfleet.transport import auth_headers, new_client, send
 
 M = TypeVar("M", bound=Model)
-WATCH_READ_TIMEOUT = 45.0  # three keep-alive intervals without a byte: reconnect
 
 
 class Client:
@@ -72,32 +71,35 @@ class Client:
             >>> for event in client.events():
             ...     print(event.seq, event.workflow_id, event.kind)
         """
-        resume = Resume(after, max_failures, until_terminal=False)
-        timeout = httpx.Timeout(self.settings.timeout, read=max(WATCH_READ_TIMEOUT, self.settings.timeout))
         params = {"workflow_id": workflow_id} if workflow_id else {}
-        while True:
-            cause: BaseException | str = "the stream ended"
-            retry_after: float | None = None
+        return self.follow("/v1/events", Resume(after, max_failures, until_terminal=False), params=params)
+
+    def follow(self, path: str, resume: Resume, *, params: Mapping[str, str] | None = None,
+               finished: Callable[[], bool] | None = None) -> Iterator[AnyEvent]:
+        """The events of the SSE stream at `path`, reopened with Last-Event-ID whenever it drops
+        (pacing and giving up as `resume` says), until `resume` is done. When a connection ends
+        cleanly with nothing new, `finished()` (if given) says whether the stream is over."""
+        timeout = httpx.Timeout(self.settings.timeout, read=max(READ_TIMEOUT, self.settings.timeout))
+        while not resume.done:
+            connection = Connection(resume)
             try:
-                with self.http.stream("GET", "/v1/events", params=params, timeout=timeout,
+                with self.http.stream("GET", path, params=params, timeout=timeout,
                                       headers={**auth_headers(self.settings), **resume.headers()}) as response:
                     if response.status_code >= 400:
                         response.read()
-                        error = from_response(response)
-                        if error.status not in RETRY_STATUSES:
-                            raise error
-                        cause, retry_after = error, error.retry_after
+                        connection.refused(from_response(response))
                     else:
-                        decoder = FrameDecoder()
                         for line in response.iter_lines():
-                            frame = decoder.feed(line)
-                            if frame is None and line == "":
-                                resume.seen_id(decoder)  # the end of a frame without data
-                            elif frame is not None and (event := resume.accept(frame)) is not None:
+                            if (event := connection.feed(line)) is not None:
                                 yield event
+                            if resume.done:
+                                return
+                        connection.ended = True
             except httpx.TransportError as err:
-                cause = err
-            time.sleep(resume.failed(cause, retry_after))
+                connection.lost(err)
+            if finished is not None and connection.ended_empty and finished():
+                return
+            time.sleep(connection.retry_delay())
 
     def paginate(self, path: str, key: str, model: type[M], per_page: int, limit: int | None,
                  **filters: Any) -> Iterator[M]:
@@ -242,36 +244,8 @@ class Workflows:
             2 status
         """
         resume = Resume(0 if from_start and after is None else after, max_failures)
-        settings = self._client.settings
-        timeout = httpx.Timeout(settings.timeout, read=max(WATCH_READ_TIMEOUT, settings.timeout))
-        while not resume.done:
-            cause: BaseException | str = "the stream ended before the workflow finished"
-            retry_after: float | None = None
-            seen_before, ended = resume.last_id, False
-            try:
-                with self._client.http.stream("GET", f"/v1/workflow/{workflow_id}/subscribe", timeout=timeout,
-                                              headers={**auth_headers(settings), **resume.headers()}) as response:
-                    if response.status_code >= 400:
-                        response.read()
-                        error = from_response(response)
-                        if error.status not in RETRY_STATUSES:
-                            raise error
-                        cause, retry_after = error, error.retry_after
-                    else:
-                        decoder = FrameDecoder()
-                        for line in response.iter_lines():
-                            frame = decoder.feed(line)
-                            event = resume.accept(frame) if frame is not None else None
-                            if event is not None:
-                                yield event
-                            if resume.done:
-                                return
-                        ended = True
-            except httpx.TransportError as err:
-                cause = err
-            if ended and resume.last_id == seen_before and (self.get(workflow_id)).is_terminal:
-                return  # nothing after `after` and already finished: the stream has nothing more to say
-            time.sleep(resume.failed(cause, retry_after))
+        return self._client.follow(f"/v1/workflow/{workflow_id}/subscribe", resume,
+                                   finished=lambda: self.get(workflow_id).is_terminal)
 
     def wait(self, workflow_id: str) -> Workflow:
         """Blocks until the workflow finishes (following its events); returns the full record."""

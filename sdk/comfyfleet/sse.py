@@ -4,7 +4,13 @@
 SSE spec: `id:`, `event:`, one or more `data:` lines, `retry:`; comments (`: keepalive`) are
 skipped. `Resume` remembers the last event id seen, drops anything at or before it (so a
 replay after a reconnect never yields an event twice), knows when the stream is finished
-(after a terminal status) and paces reconnects.
+(after a terminal status) and paces reconnects. `Connection` is one connection of a stream:
+it takes the lines or the error answer, and says how long to wait before the next one.
+
+None of this does I/O, so `Client` and `AsyncClient` share it and keep only their own loop
+(`follow`): open the stream with `Resume.headers()`, hand each line to `Connection.feed` (an
+error answer to `Connection.refused`, a failed connection to `Connection.lost`), then sleep
+`Connection.retry_delay()` and open it again.
 """
 
 from __future__ import annotations
@@ -13,10 +19,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from comfyfleet.errors import WatchError
+from comfyfleet.errors import APIError, WatchError
 from comfyfleet.models import AnyEvent, StatusEvent, parse_event
+from comfyfleet.transport import RETRY_STATUSES
 
 MAX_RECONNECT_DELAY = 5.0
+READ_TIMEOUT = 45.0  # three keep-alive intervals without a byte: reconnect
 
 
 @dataclass(frozen=True)
@@ -71,7 +79,7 @@ class Resume:
 
     def __init__(self, after: int | None, max_failures: int, *, until_terminal: bool = True) -> None:
         self.last_id = after
-        self.until_terminal = until_terminal  # False: the fleet-wide stream, which never finishes
+        self.until_terminal = until_terminal  # False: the fleet-wide stream (GET /v1/events), which never finishes
         self.done = False
         self.failures = 0
         self.max_failures = max_failures
@@ -118,3 +126,45 @@ class Resume:
         if retry_after is not None:
             return min(retry_after, 30.0)
         return 0.0 if self.failures == 1 else min(0.25 * 2 ** (self.failures - 2), MAX_RECONNECT_DELAY)
+
+
+class Connection:
+    """One connection of a stream followed with `resume`: what it read and how it ended."""
+
+    def __init__(self, resume: Resume) -> None:
+        self._resume = resume
+        self._decoder = FrameDecoder()
+        self._first_id = resume.last_id
+        self._cause: BaseException | str = (
+            "the stream ended before the workflow finished" if resume.until_terminal else "the stream ended")
+        self._retry_after: float | None = None
+        self.ended = False  # the server closed the stream cleanly (set by the caller)
+
+    def feed(self, line: str) -> AnyEvent | None:
+        """The event a line completes, or None (a line inside a frame, a comment, a replay)."""
+        frame = self._decoder.feed(line)
+        if frame is not None:
+            return self._resume.accept(frame)
+        if line == "" and not self._resume.until_terminal:
+            self._resume.seen_id(self._decoder)  # the end of a frame without data: only /v1/events sends one
+        return None
+
+    def refused(self, error: APIError) -> None:
+        """An error answer instead of a stream: raised unless it asks to come back (429/503)."""
+        if error.status not in RETRY_STATUSES:
+            raise error
+        self._cause, self._retry_after = error, error.retry_after
+
+    def lost(self, error: BaseException) -> None:
+        """The connection failed (refused, reset, timed out)."""
+        self._cause = error
+
+    @property
+    def ended_empty(self) -> bool:
+        """The stream ended cleanly with no new event: a finished workflow's stream may have
+        nothing more to say (resuming after its last event); the caller asks the API."""
+        return self.ended and self._resume.last_id == self._first_id
+
+    def retry_delay(self) -> float:
+        """Counts this connection as failed; the seconds to wait before the next one, or WatchError."""
+        return self._resume.failed(self._cause, self._retry_after)

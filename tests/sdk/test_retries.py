@@ -1,5 +1,6 @@
 """Retries and errors against a tiny scripted HTTP server (no suite): 503/429 with Retry-After,
-the Idempotency-Key of a retried create, the give-up cases, and SSE frame decoding.
+the Idempotency-Key of a retried create, the give-up cases, and watch across reconnects
+(the SSE frame decoding itself: test_sse.py).
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ from comfyfleet import AsyncClient, Client
 from comfyfleet.errors import RateLimitError, ServiceUnavailableError, TransportError, WatchError
 from comfyfleet.models import Output
 from comfyfleet.settings import Settings
-from comfyfleet.sse import FrameDecoder
 
 from services.devrun import free_port
 
 USER = {"id": "u1", "name": "dev", "email": "dev@example.com", "tier": "pro",
         "created_at": "2026-01-02T03:04:05Z", "updated_at": None}
-CREATED = {"id": "w1", "name": "x", "status": "accepted", "tags": [], "created_at": "2026-01-02T03:04:05Z",
-           "updated_at": "2026-01-02T03:04:05Z", "started_at": None, "completed_at": None}
+CREATED: dict[str, Any] = {"id": "w1", "name": "x", "status": "accepted", "tags": [],
+                           "created_at": "2026-01-02T03:04:05Z", "updated_at": "2026-01-02T03:04:05Z",
+                           "started_at": None, "completed_at": None}
 
 
 @dataclass
@@ -192,10 +193,25 @@ def test_an_expired_download_url_is_refreshed_once(scripted: tuple[str, Script],
     assert "Authorization" not in script.seen[0]["headers"], "a signed URL is its own credential"
 
 
-def test_frame_decoder_follows_the_sse_rules() -> None:
-    decoder = FrameDecoder()
-    lines = ["retry: 3000", "", ": keepalive", "", "id: 7", "event: progress", 'data: {"value":', "data: 3}", "",
-             "data: no id"]
-    frames = [f for f in (decoder.feed(line) for line in [*lines, ""]) if f is not None]
-    assert [(f.id, f.event, f.data) for f in frames] == [("7", "progress", '{"value":\n3}'), ("7", "message", "no id")]
-    assert decoder.retry_ms == 3000
+
+def finished_stream_script() -> list[tuple[int, dict[str, str], Any]]:
+    """A resumed stream that ends at once (nothing after the cursor), then the finished workflow."""
+    return [(200, STREAM, b"retry: 3000\n\n"), (200, {}, {**CREATED, "status": "completed"})]
+
+
+def test_watch_after_the_last_event_of_a_finished_workflow_ends_without_reconnecting(
+        scripted: tuple[str, Script]) -> None:
+    url, script = scripted
+    script.answers = finished_stream_script()
+    with Client(url, token="cf_t") as client:
+        assert list(client.workflows.watch("w1", after=7)) == []
+    assert [s["path"] for s in script.seen] == ["/v1/workflow/w1/subscribe", "/v1/workflow/w1"]
+
+
+async def test_async_watch_after_the_last_event_of_a_finished_workflow_ends_the_same_way(
+        scripted: tuple[str, Script]) -> None:
+    url, script = scripted
+    script.answers = finished_stream_script()
+    async with AsyncClient(url, token="cf_t") as client:
+        assert [e async for e in client.workflows.watch("w1", after=7)] == []
+    assert [s["path"] for s in script.seen] == ["/v1/workflow/w1/subscribe", "/v1/workflow/w1"]

@@ -233,9 +233,15 @@ class WebhookAttemptRow(SQLModel, table=True):
 
 
 class UTCDateTime(TypeDecorator[datetime]):
-    """A point in time, in UTC. Postgres stores it as timestamptz (asyncpg refuses an aware
-    datetime for a naive `timestamp` column, and the code hands out aware ones); SQLite keeps
-    the naive text it always had (its readers attach UTC, e.g. identity_store._aware)."""
+    """A point in time, kept in UTC: TIMESTAMP WITH TIME ZONE on Postgres (asyncpg refuses an
+    aware datetime for a naive `timestamp` column, and the code hands out aware ones).
+
+    Written: on Postgres (any dialect but SQLite) a naive value is taken to be UTC and an aware
+    one is converted to UTC. On SQLite the value goes through untouched and is stored as naive
+    DATETIME text of its own clock reading: an offset is dropped, not applied, so hand it UTC.
+    Read: as the driver gives it, aware in UTC from Postgres, naive from SQLite (the readers
+    attach UTC, e.g. identity_store._aware).
+    """
 
     impl = DateTime(timezone=True)
     cache_ok = True
