@@ -180,9 +180,13 @@ def test_the_same_idempotency_key_replays_the_first_create(client: Client, photo
 
 
 def test_list_iterates_every_page_once(client: Client, photo_file: Path) -> None:
-    ids = [create(client, png(8, 8), name=f"listed {n}") for n in range(3)]
+    # Tags only a registered runner that never connects has: the workflows wait unassigned, so
+    # each cancel ends them at once (the suite's runner could otherwise complete one first).
+    parked = client.runners.create(name="parked", endpoint="http://127.0.0.1:9/", tags=["parked"])
+    ids = [create(client, png(8, 8), name=f"listed {n}", tags=["parked"]) for n in range(3)]
     for workflow_id in ids:
         client.workflows.cancel(workflow_id)
+    client.runners.delete(parked.id)
     assert [client.workflows.wait(workflow_id).status for workflow_id in ids] == ["cancelled"] * 3
     whole, total = client.workflows.page(1, 100, status="cancelled")
     assert total == len(whole) and set(ids) <= {wf.id for wf in whole}
