@@ -13,7 +13,8 @@
                (a read is asked for only once the inbox is empty, so none runs for a prompt
                whose start the websocket had already delivered)
     running    websocket messages -> events (comfyui_messages.PromptTracker)
-    storing    each output: GET /view -> storage PutObject -> output_stored; then completed
+    storing    each output: GET /view -> storage (PutObjectBytes, or a PutObject stream over 1 MiB)
+               -> output_stored; then completed
 
 Handed back (run it elsewhere) when ComfyUI never took the prompt: its websocket is not open
 within `comfyui_unready_after_s`, an upload finds it unreachable, POST /prompt cannot connect,

@@ -1,10 +1,11 @@
-"""Copies a finished prompt's outputs from ComfyUI (GET /view) into storage (PutObject).
+"""Copies a finished prompt's outputs from ComfyUI (GET /view) into storage (storage_client.put:
+one PutObjectBytes call up to 1 MiB, a PutObject stream beyond).
 
 Each file goes to `{output_prefix}{node_id}/{filename}` with the content type its extension
 names (`media_types`; what ComfyUI served when the extension is unknown), and yields an
 `output_stored` event. No outputs at all is a success with an empty list. A failed copy is
 retried a few times, and for up to STORAGE_PATIENCE_S while storage cannot be reached (both
-sides are idempotent: /view is a read, PutObject replaces the key atomically); if it still
+sides are idempotent: /view is a read, a put replaces the key atomically); if it still
 fails the caller gets a `failed` event to end with instead of `completed`.
 """
 

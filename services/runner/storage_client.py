@@ -1,7 +1,13 @@
 """Adapter: the storage service's object streams, as the runner uses them.
 
     get(key)                       GetObject: the ObjectRef first, then the byte chunks
-    put(key, content_type, chunks) PutObject: a header, chunks of at most 1 MiB, a finish
+    put(key, content_type, chunks) up to SMALL_PUT_BYTES: PutObjectBytes, the object in one message;
+                                   more: PutObject, a header, chunks of at most 1 MiB, a finish
+
+Most outputs are a few KiB, and grpc.aio spends less on one unary call than on a stream of
+three messages, so `put` reads the source until it ends or passes SMALL_PUT_BYTES, and only a
+bigger object is streamed (starting with the chunks already read). A storage service older than
+PutObjectBytes answers UNIMPLEMENTED: that object and every later one go as a stream.
 
 `ObjectStore` is the small interface executions depend on; `StorageClient` implements it
 over a grpc.aio channel. gRPC failures become `StorageError` (with the domain error the
@@ -24,6 +30,8 @@ from services.common.service_auth import PLAIN, ServiceSecurity
 from services.runner.errors import StorageError
 
 CHUNK_BYTES = 1024 * 1024
+# The most data PutObjectBytes takes (storage_service.proto); bigger objects are streamed.
+SMALL_PUT_BYTES = 1024 * 1024
 # StorageError.reason when storage could not be reached at all (output_store and
 # input_upload wait for it, up to STORAGE_PATIENCE_S).
 UNAVAILABLE = "STORAGE_UNAVAILABLE"
@@ -57,12 +65,21 @@ async def _rechunk(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
             yield chunk[start : start + CHUNK_BYTES]
 
 
+async def _chained(read: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The chunks already `read`, then the `rest` of the same source."""
+    for chunk in read:
+        yield chunk
+    async for chunk in rest:
+        yield chunk
+
+
 class StorageClient:
     """`ObjectStore` over a grpc.aio channel to `target`; `close()` it when done."""
 
     def __init__(self, target: str, security: ServiceSecurity = PLAIN) -> None:
         self._channel = security.channel(target, CHANNEL_OPTIONS)  # with the service token
         self._stub = storage_service_pb2_grpc.StorageServiceStub(self._channel)
+        self._takes_put_bytes = True  # until storage answers PutObjectBytes with UNIMPLEMENTED
 
     async def close(self) -> None:
         await self._channel.close()
@@ -93,18 +110,40 @@ class StorageClient:
             call.cancel()
 
     async def put(self, key: str, content_type: str, chunks: AsyncIterable[bytes]) -> object_pb2.ObjectRef:
+        header = storage_service_pb2.PutObjectHeader(key=key, content_type=content_type)
+        source = aiter(_rechunk(chunks))
+        read: list[bytes] = []
+        size_bytes = 0
+        async for chunk in source:
+            read.append(chunk)
+            size_bytes += len(chunk)
+            if size_bytes > SMALL_PUT_BYTES:
+                return await self._put_stream(header, _chained(read, source))
+        if self._takes_put_bytes:
+            try:
+                response = await self._stub.PutObjectBytes(
+                    storage_service_pb2.PutObjectBytesRequest(header=header, data=b"".join(read))
+                )
+                return response.object
+            except grpc.aio.AioRpcError as err:
+                if err.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    raise _storage_error("PutObjectBytes", key, err) from err
+                self._takes_put_bytes = False  # an older storage service: stream from now on
+        return await self._put_stream(header, _chained(read, source))  # (`read` is the whole object)
+
+    async def _put_stream(
+        self, header: storage_service_pb2.PutObjectHeader, chunks: AsyncIterator[bytes]
+    ) -> object_pb2.ObjectRef:
         # Explicit writes, so that a failing source (e.g. ComfyUI gone mid-download) raises
         # its own error here and the unfinished call is cancelled (nothing is stored).
         call = self._stub.PutObject()
         done = False
         try:
-            header = storage_service_pb2.PutObjectHeader(key=key, content_type=content_type)
             await call.write(storage_service_pb2.PutObjectRequest(header=header))
             size_bytes = 0
-            async for chunk in _rechunk(chunks):
-                if chunk:
-                    size_bytes += len(chunk)
-                    await call.write(storage_service_pb2.PutObjectRequest(chunk=chunk))
+            async for chunk in chunks:
+                size_bytes += len(chunk)
+                await call.write(storage_service_pb2.PutObjectRequest(chunk=chunk))
             # Without the finish storage keeps nothing (a cut stream is never stored truncated).
             finish = storage_service_pb2.PutObjectFinish(size_bytes=size_bytes)
             await call.write(storage_service_pb2.PutObjectRequest(finish=finish))
@@ -112,7 +151,7 @@ class StorageClient:
             response = await call
             done = True
         except grpc.aio.AioRpcError as err:
-            raise _storage_error("PutObject", key, err) from err
+            raise _storage_error("PutObject", header.key, err) from err
         finally:
             if not done:
                 call.cancel()

@@ -1,5 +1,9 @@
 """StorageService over gRPC: translates proto messages to backend calls and back.
 
+Both puts hand the backend a stream of chunks: PutObject the chunks of its call, PutObjectBytes
+its one message's data as a single chunk, so key rules, size limit and atomicity are the
+backend's one code path for both.
+
 Signatures of download URLs are checked here, before the backend is touched; building and
 checking them is signing.py's job, reading and writing bytes the backend's.
 """
@@ -25,6 +29,8 @@ from services.storage.config import MAX_URL_TTL_SECONDS
 from services.storage.errors import ObjectNotFound, UrlExpired, UrlSignatureInvalid
 
 MAX_KEYS_PER_DELETE = 1000
+# PutObjectBytes data limit: one PutObject chunk's worth (storage_service.proto).
+MAX_PUT_BYTES_DATA = 1024 * 1024
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
@@ -63,6 +69,24 @@ class StorageServicer(storage_service_pb2_grpc.StorageServiceServicer):
             max_size_bytes=header.max_size_bytes,
         )
         return storage_service_pb2.PutObjectResponse(object=_to_proto(ref))
+
+    @maps_domain_errors
+    async def PutObjectBytes(
+        self, request: storage_service_pb2.PutObjectBytesRequest, context: Context
+    ) -> storage_service_pb2.PutObjectBytesResponse:
+        data = request.data
+        if len(data) > MAX_PUT_BYTES_DATA:
+            raise InvalidArgument(
+                f"PutObjectBytes takes at most {MAX_PUT_BYTES_DATA} bytes, not {len(data)}; stream with PutObject",
+                reason="PUT_DATA_TOO_LARGE",
+            )
+        if request.sha256 and request.sha256 != hashlib.sha256(data).hexdigest():
+            raise InvalidArgument("the request names another sha256 than its data", reason="PUT_SHA256_MISMATCH")
+        header = request.header
+        ref = await self._backend.put(
+            header.key, _one_chunk(data), content_type=header.content_type, max_size_bytes=header.max_size_bytes
+        )
+        return storage_service_pb2.PutObjectBytesResponse(object=_to_proto(ref))
 
     @maps_domain_errors
     async def GetObject(
@@ -149,6 +173,12 @@ async def _chunks(requests: AsyncIterator[storage_service_pb2.PutObjectRequest])
         return
     raise InvalidArgument("the PutObject stream ended without a finish; nothing was stored",
                           reason="PUT_FINISH_MISSING")
+
+
+async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    """`data` as a chunk stream: one chunk, or none for an empty object."""
+    if data:
+        yield data
 
 
 def _to_proto(ref: ObjectRef) -> object_pb2.ObjectRef:

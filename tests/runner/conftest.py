@@ -1,8 +1,11 @@
 """Component harness: the runner in-process against the ComfyUI double, a fake scheduler and an
-in-memory storage service, each on a real server on port 0."""
+in-memory storage service, each on a real server on port 0. `running_session`: a RunnerSession
+alone against a scheduler double, for the session's own tests."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import io
 import json
@@ -20,6 +23,7 @@ from PIL import Image
 
 from services.runner.config import Backoff, RunnerSettings
 from services.runner.server import RunningRunner, start_runner
+from services.runner.session import RunnerSession
 from tests.comfyui_double.app import ComfyUIDouble
 from tests.runner.fakes import FakeScheduler, GrpcServer, MemoryStorage, eventually, eventually_async
 
@@ -92,6 +96,21 @@ class Harness:
 
 
 MakeHarness = Callable[..., Awaitable[Harness]]
+
+
+@contextlib.asynccontextmanager
+async def running_session(session: RunnerSession, server: GrpcServer) -> AsyncIterator[None]:
+    """Runs `session` for the block; then stops it (1 s to end its stream, else its task is
+    cancelled), closes its channel and stops `server`, its scheduler."""
+    task = asyncio.create_task(session.run())
+    try:
+        yield
+    finally:
+        await session.stop(1.0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await session.close()
+        await server.stop()
 
 
 @pytest.fixture

@@ -198,6 +198,14 @@ class MemoryStorage(storage_service_pb2_grpc.StorageServiceServicer):
         self.objects[header.key] = (b"".join(chunks), header.content_type or "application/octet-stream")
         return storage_service_pb2.PutObjectResponse(object=self.ref(header.key))
 
+    async def PutObjectBytes(
+        self, request: storage_service_pb2.PutObjectBytesRequest, context: Any
+    ) -> storage_service_pb2.PutObjectBytesResponse:
+        assert len(request.data) <= 1024 * 1024
+        key, content_type = request.header.key, request.header.content_type or "application/octet-stream"
+        self.objects[key] = (request.data, content_type)
+        return storage_service_pb2.PutObjectBytesResponse(object=self.ref(key))
+
     async def GetObject(
         self, request: storage_service_pb2.GetObjectRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[storage_service_pb2.GetObjectResponse]:

@@ -5,7 +5,6 @@ RunnerSessionService on a real grpc.aio server."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,6 +19,7 @@ from services.runner import events
 from services.runner.config import Backoff
 from services.runner.outbox import Outbox
 from services.runner.session import RunnerIdentity, RunnerSession, SessionSettings
+from tests.runner.conftest import running_session
 from tests.runner.fakes import GrpcServer, eventually
 from tests.runner.test_session import Handler, Readiness
 
@@ -90,16 +90,9 @@ async def session_against(scheduler: RecordingScheduler) -> AsyncIterator[tuple[
     outbox = Outbox()
     session = RunnerSession(server.address, RunnerIdentity(token="tok", name="gpu-1", tags=(), slots=1), Handler(),
                             outbox, Readiness(), SessionSettings(backoff=Backoff(base_s=0.05, cap_s=0.2)))
-    task = asyncio.create_task(session.run())
-    await eventually(lambda: session.connected.is_set(), what="welcome")
-    try:
+    async with running_session(session, server):
+        await eventually(lambda: session.connected.is_set(), what="welcome")
         yield server, outbox, session
-    finally:
-        await session.stop(1.0)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await session.close()
-        await server.stop()
 
 
 @pytest.fixture

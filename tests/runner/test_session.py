@@ -16,6 +16,7 @@ from services.runner.comfyui_watch import ComfyUIFacts
 from services.runner.config import Backoff
 from services.runner.outbox import Outbox, WorkflowKey
 from services.runner.session import RunnerIdentity, RunnerSession, SessionSettings, reconnect_delay
+from tests.runner.conftest import running_session
 from tests.runner.fakes import FakeScheduler, GrpcServer, eventually
 
 
@@ -98,13 +99,8 @@ async def setup() -> AsyncIterator[Setup]:
         readiness,
         SessionSettings(backoff=Backoff(base_s=0.05, cap_s=0.2), welcome_timeout_s=2.0),
     )
-    task = asyncio.create_task(session.run())
-    yield Setup(scheduler, server, handler, outbox, session, readiness)
-    await session.stop(1.0)
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    await session.close()
-    await server.stop()
+    async with running_session(session, server):
+        yield Setup(scheduler, server, handler, outbox, session, readiness)
 
 
 async def test_hello_welcome_heartbeats_and_events(setup: Setup) -> None:
@@ -224,8 +220,7 @@ async def test_a_runner_holding_work_is_back_within_its_lease_whatever_its_backo
     handler = Handler(holding=[("wf", 1)])
     session = RunnerSession(server.address, RunnerIdentity(token="tok", name="gpu-1", tags=(), slots=1), handler,
                             Outbox(), Readiness(), SessionSettings(backoff=Backoff(base_s=20.0, cap_s=60.0)))
-    task = asyncio.create_task(session.run())
-    try:
+    async with running_session(session, server):
         await eventually(lambda: len(scheduler.hellos) == 1, what="first hello")
         await server.stop()  # the scheduler restarts
         await eventually(lambda: not session.connected.is_set(), what="disconnect")
@@ -235,9 +230,3 @@ async def test_a_runner_holding_work_is_back_within_its_lease_whatever_its_backo
         await eventually(lambda: len(scheduler.hellos) == 2, timeout_s=3.0, what="hello within the lease")
         assert asyncio.get_running_loop().time() - restarted < 1.0
         assert [(h.workflow_id, h.attempt) for h in scheduler.hellos[1].held] == [("wf", 1)]
-    finally:
-        await session.stop(1.0)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await session.close()
-        await server.stop()

@@ -1,11 +1,11 @@
-"""Fixtures: a local backend in tmp_path, the whole service behind a real gRPC server, and the
+"""Fixtures: local backends in tmp_path, the whole service behind a real gRPC server, and the
 s3 backend against SeaweedFS (one server per test session, one bucket per test)."""
 
 from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import cast
 
@@ -30,10 +30,27 @@ def files_under(root: Path) -> list[str]:
 
 
 @pytest.fixture
-async def local_backend(tmp_path: Path) -> AsyncIterator[LocalBackend]:
-    backend = await LocalBackend.open(tmp_path / "objects")
-    yield backend
-    await backend.close()
+def root(tmp_path: Path) -> Path:
+    """The directory of a test's local backends."""
+    return tmp_path / "objects"
+
+
+OpenLocal = Callable[..., Awaitable[LocalBackend]]
+
+
+@pytest.fixture
+async def open_local(root: Path) -> AsyncIterator[OpenLocal]:
+    """Opens local backends on `root` (`use_xattrs` as `LocalBackend.open` takes it): one per
+    layout, or two one after the other like an upgrade; closed at the end, the last first."""
+    opened: list[LocalBackend] = []
+
+    async def open_local(*, use_xattrs: bool | None = None) -> LocalBackend:
+        opened.append(await LocalBackend.open(root, use_xattrs=use_xattrs))
+        return opened[-1]
+
+    yield open_local
+    for backend in reversed(opened):
+        await backend.close()
 
 
 @dataclasses.dataclass

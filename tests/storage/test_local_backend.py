@@ -23,7 +23,7 @@ from services.storage.backend import ObjectRef
 from services.storage.errors import InvalidKey, KeyConflict, ObjectNotFound, ObjectTooLarge, StorageFull
 from services.storage.local_backend import SMALL_OBJECT_BYTES, LocalBackend
 
-from .conftest import files_under
+from .conftest import OpenLocal, files_under
 from .contract import BackendContract, MiB, chunked, put_bytes, read, sha
 from .local_layout import object_files, overwrite_in_place, recorded_meta
 
@@ -36,21 +36,14 @@ class TestLocalBackendContract(BackendContract):
         return local_backend
 
 
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "objects"
-
-
 @pytest.fixture(params=[True, False], ids=["xattr", "sidecar"])
 def xattrs(request: pytest.FixtureRequest) -> bool:
     return bool(request.param)
 
 
 @pytest.fixture
-async def local_backend(root: Path, xattrs: bool) -> AsyncIterator[LocalBackend]:
-    backend = await LocalBackend.open(root, use_xattrs=xattrs)
-    yield backend
-    await backend.close()
+async def local_backend(open_local: OpenLocal, xattrs: bool) -> LocalBackend:
+    return await open_local(use_xattrs=xattrs)
 
 
 async def test_an_object_is_its_bytes_plus_its_metadata(
