@@ -49,7 +49,10 @@ def output_pb(row: OutputRow) -> workflow_pb2.Output:
     )
 
 
-def workflow_pb(row: WorkflowRow, outputs: list[OutputRow] | None = None) -> workflow_pb2.Workflow:
+def workflow_pb(row: WorkflowRow, outputs: list[OutputRow] | None = None, *, graph: bool = True
+                ) -> workflow_pb2.Workflow:
+    """The record as the API shows it; `graph=False` leaves workflow_json out (the snapshot of a
+    status event: see `StatusEvent` in workflow.proto)."""
     wf = workflow_pb2.Workflow(
         id=row.id,
         user_id=row.user_id,
@@ -57,7 +60,7 @@ def workflow_pb(row: WorkflowRow, outputs: list[OutputRow] | None = None) -> wor
         status=STATUS_TO_PB[Status(row.status)],
         tags=json.loads(row.tags_json),
         runner_id=row.runner_id or "",
-        workflow_json=row.workflow_json,
+        workflow_json=row.workflow_json if graph else "",
         params=[workflow_pb2.WorkflowParam(placeholder=p, value=v) for p, v in json.loads(row.params_json)],
         prompt_id=row.prompt_id,
         attempt=row.attempt,
@@ -74,6 +77,14 @@ def workflow_pb(row: WorkflowRow, outputs: list[OutputRow] | None = None) -> wor
         wf.failure.CopyFrom(workflow_pb2.Failure(**json.loads(row.failure_json)))
     wf.node_errors.extend(workflow_pb2.NodeError(**e) for e in json.loads(row.node_errors_json))
     return wf
+
+
+def with_graph(snapshot: workflow_pb2.Workflow, workflow_json: str) -> workflow_pb2.Workflow:
+    """A copy of a status event's `snapshot` with the graph it leaves out (a create's answer)."""
+    answer = workflow_pb2.Workflow()
+    answer.CopyFrom(snapshot)
+    answer.workflow_json = workflow_json
+    return answer
 
 
 def user_pb(row: UserRow) -> user_pb2.User:

@@ -42,7 +42,7 @@ from services.scheduler.fleet import Fleet
 from services.scheduler.hub import OVERFLOW, EventHub
 from services.scheduler.idempotency import Claim
 from services.scheduler.limits import Limits, over
-from services.scheduler.records import PB_TO_STATUS, utcnow, workflow_pb
+from services.scheduler.records import PB_TO_STATUS, utcnow, with_graph, workflow_pb
 from services.scheduler.storage_client import ObjectStore
 
 MAX_NAME = 200
@@ -159,7 +159,7 @@ class Workflows:
             return change.replayed
         self.hub.publish(change.events)
         self.kick()
-        return change.events[0].status.workflow  # workflow_pb(change.row), made once by the store
+        return with_graph(change.events[0].status.workflow, row.workflow_json)  # the event's, made once
 
     async def rerun(self, user: UserRow, req: workflow_service_pb2.RerunWorkflowRequest) -> workflow_pb2.Workflow:
         """A new workflow from `req.id`: same name, tags, graph; `req.inputs` replace stored fields."""

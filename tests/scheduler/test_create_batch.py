@@ -68,6 +68,7 @@ async def test_each_item_gets_its_own_answer_and_the_good_ones_are_committed(
         assert result.WhichOneof("outcome") == "workflow", result
         assert result.workflow.id == items[n].id and result.workflow.name == items[n].name
         assert result.workflow.status == workflow_pb2.WORKFLOW_STATUS_ACCEPTED
+        assert result.workflow.workflow_json == GRAPH  # the answer has the graph (status events do not)
         stored = await get(scheduler, items[n].id)
         assert stored is not None and stored.name == items[n].name
     invalid = from_status_bytes(outcome["req-1"].error_status)
@@ -75,7 +76,7 @@ async def test_each_item_gets_its_own_answer_and_the_good_ones_are_committed(
     assert await get(scheduler, bad_graph.id) is None
     exists = from_status_bytes(outcome["req-3"].error_status)
     assert isinstance(exists, Conflict) and exists.reason == "WORKFLOW_EXISTS"
-    assert outcome["req-5"].workflow.id == first.id  # the key replays the first answer
+    assert outcome["req-5"].workflow == first and first.workflow_json == GRAPH  # the key replays the first answer
     key_reused = from_status_bytes(outcome["req-7"].error_status)
     assert isinstance(key_reused, Conflict) and key_reused.reason == "IDEMPOTENCY_KEY_REUSED"
     assert await get(scheduler, reused.id) is None

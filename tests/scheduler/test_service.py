@@ -316,6 +316,10 @@ async def test_a_workflow_runs_on_a_runner_and_watchers_see_every_step_once(sche
     done = by_seq[9].status.workflow
     assert [o.object.key for o in done.outputs] == [key]
     assert done.HasField("completed_at")
+    # The graph is in the create's answer and in GetWorkflow, not copied into each status event.
+    assert created.workflow_json == req.workflow_json == (await get(scheduler, wid)).workflow_json
+    statuses = [e.status.workflow for e in first.events if e.WhichOneof("kind") == "status"]
+    assert len(statuses) == 5 and not any(s.workflow_json for s in statuses)
 
     final = await get(scheduler, wid)
     assert status_of(final) == "completed"

@@ -193,7 +193,7 @@ def apply_changes(conn: Connection, requests: Sequence[ChangeRequest]) -> list[t
             e.seq = row.last_seq
             e.time.FromDatetime(now.replace(tzinfo=UTC))
             if e.WhichOneof("kind") == "status":
-                e.status.workflow.CopyFrom(workflow_pb(row, outputs))
+                e.status.workflow.CopyFrom(workflow_pb(row, outputs, graph=False))
         if request.drop_outputs:  # deletes what was stored, and what this batch added before
             dropped.add(workflow_id)
             new_outputs = [o for o in new_outputs if o.workflow_id != workflow_id]

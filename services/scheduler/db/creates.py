@@ -29,7 +29,7 @@ from services.scheduler.db.event_numbers import INSERT_EVENTS, event_row, number
 from services.scheduler.db.models import IdempotencyRow, WorkflowRow
 from services.scheduler.errors import WorkflowExists
 from services.scheduler.idempotency import TTL, Claim, KeyReused
-from services.scheduler.records import utcnow
+from services.scheduler.records import utcnow, with_graph
 
 OPEN = [s.value for s in Status if s not in TERMINAL]
 _WORKFLOWS: Table = WorkflowRow.__table__  # type: ignore[attr-defined]
@@ -123,7 +123,7 @@ def apply_creates(conn: Connection, requests: Sequence[CreateRequest]) -> list[t
         open_counts[row.user_id] = used + 1
         rows.append({c: getattr(row, c) for c in _WORKFLOW_COLUMNS})
         if claim is not None:
-            response = request.event.status.workflow.SerializeToString()
+            response = with_graph(request.event.status.workflow, row.workflow_json).SerializeToString()
             keys[(row.user_id, claim.key)] = (claim.fingerprint, response)
             claims.append({"user_id": row.user_id, "key": claim.key, "fingerprint": claim.fingerprint,
                            "workflow_id": row.id, "response": response, "created_at": row.created_at})

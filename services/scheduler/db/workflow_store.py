@@ -59,7 +59,7 @@ class WorkflowStore:
         its own answer or error (db/creates.py). Answered only after the commit."""
         row.last_seq = 1
         event = workflow_pb2.WorkflowEvent(
-            workflow_id=row.id, seq=1, status=workflow_pb2.StatusEvent(workflow=workflow_pb(row))
+            workflow_id=row.id, seq=1, status=workflow_pb2.StatusEvent(workflow=workflow_pb(row, graph=False))
         )
         event.time.FromDatetime(row.created_at.replace(tzinfo=UTC))
 
