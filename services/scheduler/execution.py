@@ -42,6 +42,7 @@ from services.scheduler.core import placeholders
 from services.scheduler.core.graph import parse_graph
 from services.scheduler.core.placement import PendingWorkflow, place
 from services.scheduler.core.state import Status, transition
+from services.scheduler.db.changes import output_row
 from services.scheduler.db.models import OutputRow, WorkflowRow
 from services.scheduler.db.pending_queue import PendingQueue
 from services.scheduler.db.workflow_store import Change, WorkflowStore
@@ -228,12 +229,12 @@ class Execution:
         new_outputs: list[OutputRow] = []
         if kind == "output_stored":
             o = event.output_stored
-            new_outputs.append(OutputRow(
-                id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{event.workflow_id}/{event.attempt}/{o.object.key}")),
-                workflow_id=event.workflow_id, node_id=o.node_id, filename=o.filename, object_key=o.object.key,
-                size_bytes=o.object.size_bytes, sha256=o.object.sha256, content_type=o.object.content_type,
-                created_at=utcnow(),
-            ))
+            new_outputs.append(output_row({  # every column: as OutputRow(...) without its validation
+                "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{event.workflow_id}/{event.attempt}/{o.object.key}")),
+                "workflow_id": event.workflow_id, "node_id": o.node_id, "filename": o.filename,
+                "object_key": o.object.key, "size_bytes": o.object.size_bytes, "sha256": o.object.sha256,
+                "content_type": o.object.content_type, "created_at": utcnow(),
+            }))
 
         def mutate(r: WorkflowRow, outputs: list[OutputRow]) -> list[workflow_pb2.WorkflowEvent]:
             if r.runner_id != session.runner_id or r.attempt != event.attempt:

@@ -69,8 +69,8 @@ def workflow_pb(row: WorkflowRow, outputs: list[OutputRow] | None = None, *, gra
         outputs=[output_pb(o) for o in outputs or []],
     )
     for name in ("created_at", "updated_at", "started_at", "completed_at"):
-        if (value := ts(getattr(row, name))) is not None:
-            getattr(wf, name).CopyFrom(value)
+        if (value := getattr(row, name)) is not None:
+            getattr(wf, name).FromDatetime(value.replace(tzinfo=UTC) if value.tzinfo is None else value)
     if row.queue_number is not None:
         wf.queue_number = row.queue_number
     if row.failure_json:
