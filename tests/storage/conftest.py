@@ -3,6 +3,7 @@ s3 backend against SeaweedFS (one server per test session, one bucket per test).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -65,6 +66,25 @@ class RunningStorage:
         return files_under(self.root)
 
 
+@contextlib.asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[storage_service_pb2_grpc.StorageServiceAsyncStub]:
+    """The storage service with `settings` on a loopback port, and a stub on a real channel to it."""
+    backend = await open_backend(settings)
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    register(server, build_servicer(settings, backend))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
+    try:
+        yield cast(
+            "storage_service_pb2_grpc.StorageServiceAsyncStub", storage_service_pb2_grpc.StorageServiceStub(channel)
+        )
+    finally:
+        await channel.close()
+        await server.stop(None)
+        await backend.close()
+
+
 @pytest.fixture
 async def storage(tmp_path: Path) -> AsyncIterator[RunningStorage]:
     settings = Settings(
@@ -74,21 +94,8 @@ async def storage(tmp_path: Path) -> AsyncIterator[RunningStorage]:
         url_signing_key_file=tmp_path / "unused-key-file",
         url_ttl_seconds=300,
     )
-    backend = await open_backend(settings)
-    server = grpc.aio.server(options=SERVER_OPTIONS)
-    register(server, build_servicer(settings, backend))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
-    try:
-        stub = cast(
-            "storage_service_pb2_grpc.StorageServiceAsyncStub", storage_service_pb2_grpc.StorageServiceStub(channel)
-        )
+    async with serving(settings) as stub:
         yield RunningStorage(stub, settings, settings.local_dir)
-    finally:
-        await channel.close()
-        await server.stop(None)
-        await backend.close()
 
 
 # -- the s3 backend, against a real S3 server (SeaweedFS) started once per test session -------

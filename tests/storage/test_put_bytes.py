@@ -7,24 +7,21 @@ nothing under the key and nothing in the backend's files or bucket.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
-from comfyfleet.storage.v1 import object_pb2, storage_service_pb2_grpc
+from comfyfleet.storage.v1 import object_pb2
 from comfyfleet.storage.v1 import storage_service_pb2 as pb
 
-from services.common.grpc_server import CHANNEL_OPTIONS, SERVER_OPTIONS
 from services.storage.config import Settings
-from services.storage.server import build_servicer, open_backend, register
 
-from .conftest import PUBLIC_URL, SIGNING_KEY, files_under, s3_settings
+from .conftest import PUBLIC_URL, SIGNING_KEY, files_under, s3_settings, serving
 from .seaweed import SeaweedS3
 from .test_service import rpc_error
 
@@ -42,22 +39,6 @@ class Service:
 
     stub: Stub
     held: Callable[[], list[str]]
-
-
-@contextlib.asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[Stub]:
-    backend = await open_backend(settings)
-    server = grpc.aio.server(options=SERVER_OPTIONS)
-    register(server, build_servicer(settings, backend))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
-    try:
-        yield cast("Stub", storage_service_pb2_grpc.StorageServiceStub(channel))
-    finally:
-        await channel.close()
-        await server.stop(None)
-        await backend.close()
 
 
 @pytest.fixture(params=["local", "s3"])

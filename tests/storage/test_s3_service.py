@@ -14,13 +14,10 @@ import grpc
 import httpx
 import pytest
 from comfyfleet.storage.v1 import storage_service_pb2 as pb
-from comfyfleet.storage.v1 import storage_service_pb2_grpc
 
-from services.common.grpc_server import CHANNEL_OPTIONS, SERVER_OPTIONS
 from services.storage.config import Settings
-from services.storage.server import build_servicer, open_backend, register
 
-from .conftest import SIGNING_KEY, s3_settings
+from .conftest import SIGNING_KEY, s3_settings, serving
 from .seaweed import SeaweedS3
 from .test_service import put_requests, rpc_error
 
@@ -34,18 +31,8 @@ MiB = 1024 * 1024
 @pytest.fixture
 async def stub(seaweed: SeaweedS3, bucket: str) -> AsyncIterator[Stub]:
     settings = Settings(backend="s3", s3=s3_settings(seaweed, bucket), url_signing_key=SIGNING_KEY)
-    backend = await open_backend(settings)
-    server = grpc.aio.server(options=SERVER_OPTIONS)
-    register(server, build_servicer(settings, backend))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
-    try:
-        yield cast("Stub", storage_service_pb2_grpc.StorageServiceStub(channel))
-    finally:
-        await channel.close()
-        await server.stop(None)
-        await backend.close()
+    async with serving(settings) as stub:
+        yield cast("Stub", stub)
 
 
 @pytest.mark.parametrize("size", [100, 12 * MiB])  # one PUT; multipart
