@@ -1,11 +1,11 @@
 """Database.read: reads of a SQLite file run on a thread and a connection of their own. They see
-what was committed before them, they do not wait behind the write thread's transactions, and
-they cannot write."""
+what was committed before them, they do not wait for a write transaction in progress, and they
+cannot write."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
+import sqlite3
 
 import pytest
 from sqlalchemy import text
@@ -35,22 +35,16 @@ async def test_a_read_sees_what_was_committed_before_it(db: Database) -> None:
 
 async def test_a_read_does_not_wait_for_a_write_in_progress(db: Database) -> None:
     await IdentityStore(db).create_user("someone")
-    inside, release = threading.Event(), threading.Event()
-
-    def slow_write(conn: Connection) -> None:
-        conn.execute(text("UPDATE users SET name = 'renamed' WHERE name = 'someone'"))
-        inside.set()
-        release.wait(10)
-
-    write = db.submit(slow_write)
-    await asyncio.to_thread(inside.wait, 10)
+    # Another connection holds SQLite's write lock with a change not yet committed.
+    writer = sqlite3.connect(db.url.split(":///", 1)[1], isolation_level=None, check_same_thread=False)
     try:
-        # The write holds the write thread (and SQLite's write lock); the read answers anyway,
-        # with the state before the uncommitted write.
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("UPDATE users SET name = 'renamed' WHERE name = 'someone'")
+        # The read answers anyway, with the state before the uncommitted write.
         assert "someone" in await asyncio.wait_for(db.read(users), 5)
+        writer.execute("COMMIT")
     finally:
-        release.set()
-    await write
+        writer.close()
     assert "renamed" in await db.read(users)
 
 

@@ -7,7 +7,8 @@ translated for Postgres); on Postgres the run holds a transaction-level advisory
 processes starting together migrate one after the other.
 
 SQLite runs in WAL mode with one writer at a time (`write_lock`), which is what SQLite
-supports anyway. On Postgres `write_lock` is a no-op: transactions and row locks
+supports anyway; a file's write transactions run on the event loop's thread, its reads and
+checkpoints on threads of their own (db/sqlite_file.py). On Postgres `write_lock` is a no-op: transactions and row locks
 (`with_for_update` where a row is read, changed and written back) do that job.
 """
 
@@ -18,12 +19,11 @@ import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
-from sqlalchemy import create_engine, event, inspect, text
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy import event, inspect, text
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel import SQLModel
@@ -31,6 +31,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.common.errors import ComfyfleetError
 from services.scheduler.db import models
+from services.scheduler.db.sqlite_file import SqliteFile, sqlite_pragmas
 
 log = logging.getLogger(__name__)
 
@@ -174,23 +175,13 @@ class Database:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=not self.is_sqlite)
         if self.is_sqlite:
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine.sync_engine, "connect", sqlite_pragmas)
         self.sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
-        # SQLite file: `transaction` runs whole transactions on a thread of their own over a sync
-        # engine on the same file, one thread hop per transaction (through aiosqlite each
-        # statement costs about three: cursor, execute, fetch or close).
-        self._sync_engine: Engine | None = None
-        self._sqlite_thread: ThreadPoolExecutor | None = None
-        # The thread's one connection, kept open between transactions: a checkout from the
-        # pool per transaction (and its reset on return) cost ~60 us of CPU each.
-        self._sqlite_conn: Connection | None = None
-        # Reads (`read`) on a thread and a connection of their own: in WAL mode they do not
-        # wait for the writer, and they do not queue behind the write thread's transactions.
-        self._reader_thread: ThreadPoolExecutor | None = None
-        self._reader_conn: Connection | None = None
+        # A SQLite file: write transactions on the loop, reads and checkpoints on threads
+        # (db/sqlite_file.py); Postgres and SQLite in memory go through the async engine.
+        self._file: SqliteFile | None = None
         if self.is_sqlite and path and path != ":memory:":
-            self._sync_engine = create_engine(make_url(url).set(drivername="sqlite"))
-            event.listen(self._sync_engine, "connect", _sqlite_pragmas)
+            self._file = SqliteFile(url)
         # SQLite has one writer; serialising writes here avoids "database is locked".
         # Postgres has row locks and takes concurrent transactions.
         self.write_lock: contextlib.AbstractAsyncContextManager[Any] = (
@@ -218,14 +209,12 @@ class Database:
 
     async def transaction(self, work: Callable[[Connection], T]) -> T:
         """`work(connection)` in one transaction: committed when it returns, rolled back when it
-        raises. It runs on the SQLite thread (a file database) or through the async engine's
-        run_sync (Postgres, or SQLite in memory), so it must not touch the event loop. Writers
-        hold `write_lock` around it, as around any other write."""
-        if self._sync_engine is not None:
-            if self._sqlite_thread is None:  # (again, after `close`: the engines reopen when used)
-                self._sqlite_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite")
-            return await asyncio.get_running_loop().run_in_executor(
-                self._sqlite_thread, functools.partial(self._sqlite_transaction, work))
+        raises. On a SQLite file it runs right here, on the loop's thread (a commit there costs
+        less than a thread hop: db/sqlite_file.py); elsewhere through the async engine's
+        run_sync. Either way it must not touch the event loop. Writers hold `write_lock`
+        around it, as around any other write."""
+        if self._file is not None:
+            return self._file.write(work)
         async with self.engine.begin() as conn:
             return await conn.run_sync(work)
 
@@ -233,12 +222,9 @@ class Database:
         """`work(connection)`, which only reads: on a SQLite file it runs on the reader thread
         (its connection is query-only, so a write there fails loudly), seeing every transaction
         committed before it starts; elsewhere it runs as `transaction` does."""
-        if self._sync_engine is None:
+        if self._file is None:
             return await self.transaction(work)
-        if self._reader_thread is None:
-            self._reader_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-read")
-        return await asyncio.get_running_loop().run_in_executor(
-            self._reader_thread, functools.partial(self._sqlite_read, work))
+        return await self._file.read(work)
 
     def submit(self, work: Callable[[Connection], T]) -> asyncio.Future[T]:
         """Group commit: queues `work` for the next shared write transaction and returns its
@@ -287,38 +273,6 @@ class Database:
         except Exception as err:
             return False, err
 
-    def _sqlite_transaction(self, work: Callable[[Connection], T]) -> T:
-        assert self._sync_engine is not None
-        conn = self._sqlite_conn
-        if conn is None or conn.closed or conn.invalidated:
-            conn = self._sqlite_conn = self._sync_engine.connect()
-        with conn.begin():
-            return work(conn)
-
-    def _sqlite_read(self, work: Callable[[Connection], T]) -> T:
-        assert self._sync_engine is not None
-        conn = self._reader_conn
-        if conn is None or conn.closed or conn.invalidated:
-            conn = self._reader_conn = self._sync_engine.connect()
-            conn.exec_driver_sql("PRAGMA query_only=ON")
-            conn.commit()
-        with conn.begin():
-            return work(conn)
-
-    def _reader_close(self) -> None:
-        if self._reader_conn is not None:
-            self._reader_conn.close()
-            self._reader_conn = None
-        if self._sqlite_thread is None and self._sync_engine is not None:  # (else the write thread disposes)
-            self._sync_engine.dispose()
-
-    def _sqlite_close(self) -> None:
-        assert self._sync_engine is not None
-        if self._sqlite_conn is not None:
-            self._sqlite_conn.close()
-            self._sqlite_conn = None
-        self._sync_engine.dispose()
-
     def adopt(self, operation: asyncio.Future[Any]) -> None:
         """Owns an operation nobody awaits any more, until it ends."""
         self._orphans.add(operation)
@@ -336,14 +290,8 @@ class Database:
         if self._orphans:
             await asyncio.wait(set(self._orphans), timeout=5)
         await self.engine.dispose()
-        if self._reader_thread is not None:
-            await asyncio.get_running_loop().run_in_executor(self._reader_thread, self._reader_close)
-            self._reader_thread.shutdown()
-            self._reader_thread = None
-        if self._sqlite_thread is not None and self._sync_engine is not None:
-            await asyncio.get_running_loop().run_in_executor(self._sqlite_thread, self._sqlite_close)
-            self._sqlite_thread.shutdown()
-            self._sqlite_thread = None
+        if self._file is not None:
+            await self._file.close()
 
 
 # At most this many works share one group-commit transaction (bounds its time on the thread).
@@ -382,15 +330,6 @@ def _run_one(conn: Connection, work: Callable[[Connection], Any]) -> tuple[bool,
         raise
     except Exception as err:
         return False, err
-
-
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA busy_timeout=5000")  # first: switching to WAL waits for another process's lock too
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.close()
 
 
 class _Store(Protocol):

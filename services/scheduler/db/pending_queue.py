@@ -80,8 +80,8 @@ class PendingQueue:
     @runs_to_completion
     async def batch(self, limit: int) -> list[Waiting]:
         """Up to `limit` waiting workflows per priority, fairly spread across their users."""
-        # Several statements: one Database.transaction is one thread hop on SQLite, not three a statement.
-        return await self.db.transaction(lambda conn: self._batch(conn, limit))
+        # A read: off the loop on a SQLite file (the reader thread), all its statements in one hop.
+        return await self.db.read(lambda conn: self._batch(conn, limit))
 
     def _batch(self, conn: Connection, limit: int) -> list[Waiting]:
         batch: list[Waiting] = []
