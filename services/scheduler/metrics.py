@@ -7,6 +7,10 @@
     comfyfleet_placement_seconds                  time of one placement pass (read, place, dispatch)
     comfyfleet_events_total{kind}                 workflow events committed and published (rate = events/s)
     comfyfleet_watchers                           WatchWorkflow streams open on this scheduler
+    comfyfleet_sqlite_checkpoints{by}             WAL checkpoints of a SQLite file so far, by the
+                                                  checkpoint thread or by the writer on the event
+                                                  loop (when the thread fell behind: db/sqlite_file.py)
+    comfyfleet_sqlite_wal_frames                  the WAL's size in frames at the last checkpoint
 
 The gauges are set at scrape time (`SchedulerMetrics.refresh`, awaited by the metrics
 listener on the event loop): two grouped counts through indexes that exist for placement
@@ -41,6 +45,9 @@ PLACEMENT_SECONDS = Histogram(
     "comfyfleet_placement_seconds", "Time of one placement pass: read the batch, place, dispatch",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+SQLITE_CHECKPOINTS = Gauge("comfyfleet_sqlite_checkpoints", "WAL checkpoints of the SQLite file, by who ran them",
+                           ["by"])
+SQLITE_WAL_FRAMES = Gauge("comfyfleet_sqlite_wal_frames", "The SQLite WAL's size in frames at the last checkpoint")
 EVENTS = Counter("comfyfleet_events", "Workflow events committed and published", ["kind"])
 
 _BY_STATE = "SELECT status, count(*) FROM workflows GROUP BY status"
@@ -96,6 +103,10 @@ class SchedulerMetrics:
         RUNNER_SLOTS.labels("in_use").set(sum(len(s.held) for s in sessions))
         watchers: Any = getattr(app.execution.hub, "_watchers", {})
         WATCHERS.set(sum(len(group) for group in watchers.values()))
+        if (file := app.db.sqlite_file) is not None:
+            SQLITE_CHECKPOINTS.labels("thread").set(file.checkpoints)
+            SQLITE_CHECKPOINTS.labels("writer").set(file.writer_checkpoints)
+            SQLITE_WAL_FRAMES.set(file.wal_frames)
 
 
 def _time_placement(app: SchedulerApp) -> None:

@@ -8,8 +8,9 @@ processes starting together migrate one after the other.
 
 SQLite runs in WAL mode with one writer at a time (`write_lock`), which is what SQLite
 supports anyway; a file's write transactions run on the event loop's thread, its reads and
-checkpoints on threads of their own (db/sqlite_file.py). On Postgres `write_lock` is a no-op: transactions and row locks
-(`with_for_update` where a row is read, changed and written back) do that job.
+checkpoints on threads of their own (db/sqlite_file.py). On Postgres `write_lock` is a no-op:
+transactions and row locks (`with_for_update` where a row is read, changed and written back)
+do that job.
 """
 
 from __future__ import annotations
@@ -179,9 +180,9 @@ class Database:
         self.sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
         # A SQLite file: write transactions on the loop, reads and checkpoints on threads
         # (db/sqlite_file.py); Postgres and SQLite in memory go through the async engine.
-        self._file: SqliteFile | None = None
+        self.sqlite_file: SqliteFile | None = None
         if self.is_sqlite and path and path != ":memory:":
-            self._file = SqliteFile(url)
+            self.sqlite_file = SqliteFile(url)
         # SQLite has one writer; serialising writes here avoids "database is locked".
         # Postgres has row locks and takes concurrent transactions.
         self.write_lock: contextlib.AbstractAsyncContextManager[Any] = (
@@ -213,8 +214,8 @@ class Database:
         less than a thread hop: db/sqlite_file.py); elsewhere through the async engine's
         run_sync. Either way it must not touch the event loop. Writers hold `write_lock`
         around it, as around any other write."""
-        if self._file is not None:
-            return self._file.write(work)
+        if self.sqlite_file is not None:
+            return self.sqlite_file.write(work)
         async with self.engine.begin() as conn:
             return await conn.run_sync(work)
 
@@ -222,9 +223,9 @@ class Database:
         """`work(connection)`, which only reads: on a SQLite file it runs on the reader thread
         (its connection is query-only, so a write there fails loudly), seeing every transaction
         committed before it starts; elsewhere it runs as `transaction` does."""
-        if self._file is None:
+        if self.sqlite_file is None:
             return await self.transaction(work)
-        return await self._file.read(work)
+        return await self.sqlite_file.read(work)
 
     def submit(self, work: Callable[[Connection], T]) -> asyncio.Future[T]:
         """Group commit: queues `work` for the next shared write transaction and returns its
@@ -290,8 +291,8 @@ class Database:
         if self._orphans:
             await asyncio.wait(set(self._orphans), timeout=5)
         await self.engine.dispose()
-        if self._file is not None:
-            await self._file.close()
+        if self.sqlite_file is not None:
+            await self.sqlite_file.close()
 
 
 # At most this many works share one group-commit transaction (bounds its time on the thread).

@@ -70,7 +70,7 @@ class SqliteFile:
         self._checkpointer: _Worker | None = None
         self._writes_since_checkpoint = 0
         self._checkpoint: asyncio.Future[int] | None = None
-        self._wal_frames = 0  # the WAL's size when the last checkpoint ran
+        self.wal_frames = 0  # the WAL's size when the last checkpoint ran (metrics)
         self.checkpoints = 0  # checkpoints run on the thread, and by the writer (tests, bench)
         self.writer_checkpoints = 0
 
@@ -88,7 +88,7 @@ class SqliteFile:
         finally:
             self._writes_since_checkpoint += 1
             if self._writes_since_checkpoint >= CHECKPOINT_EVERY:
-                if self._wal_frames > WAL_FRAMES_MAX:
+                if self.wal_frames > WAL_FRAMES_MAX:
                     self._writer_checkpoint(conn)
                 else:
                     self._start_checkpoint()
@@ -102,7 +102,7 @@ class SqliteFile:
             return
         if frames >= 0:  # -1: the checkpoint thread is running one; this one waits for the next turn
             self._writes_since_checkpoint = 0
-            self._wal_frames = frames
+            self.wal_frames = frames
             self.writer_checkpoints += 1
 
     async def read(self, work: Callable[[Connection], T]) -> T:
@@ -128,7 +128,7 @@ class SqliteFile:
             log.warning("WAL checkpoint failed (the next one retries): %s", err)
         else:
             if (frames := done.result()) >= 0:
-                self._wal_frames = frames
+                self.wal_frames = frames
             self.checkpoints += 1
 
     async def checkpoint_done(self) -> None:
