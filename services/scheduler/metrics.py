@@ -7,9 +7,9 @@
     comfyfleet_placement_seconds                  time of one placement pass (read, place, dispatch)
     comfyfleet_events_total{kind}                 workflow events committed and published (rate = events/s)
     comfyfleet_watchers                           WatchWorkflow streams open on this scheduler
-    comfyfleet_sqlite_checkpoints{by}             WAL checkpoints of a SQLite file so far, by the
-                                                  checkpoint thread or by the writer on the event
-                                                  loop (when the thread fell behind: db/sqlite_file.py)
+    comfyfleet_sqlite_checkpoints                 WAL checkpoints of a SQLite file so far (on its thread)
+    comfyfleet_sqlite_checkpoint_waits            writes held until a checkpoint copied a WAL that had
+                                                  outgrown its bound (db/sqlite_file.py)
     comfyfleet_sqlite_wal_frames                  the WAL's size in frames at the last checkpoint
 
 The gauges are set at scrape time (`SchedulerMetrics.refresh`, awaited by the metrics
@@ -45,8 +45,9 @@ PLACEMENT_SECONDS = Histogram(
     "comfyfleet_placement_seconds", "Time of one placement pass: read the batch, place, dispatch",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
-SQLITE_CHECKPOINTS = Gauge("comfyfleet_sqlite_checkpoints", "WAL checkpoints of the SQLite file, by who ran them",
-                           ["by"])
+SQLITE_CHECKPOINTS = Gauge("comfyfleet_sqlite_checkpoints", "WAL checkpoints of the SQLite file")
+SQLITE_CHECKPOINT_WAITS = Gauge("comfyfleet_sqlite_checkpoint_waits",
+                                "Writes held until a checkpoint copied a WAL that had outgrown its bound")
 SQLITE_WAL_FRAMES = Gauge("comfyfleet_sqlite_wal_frames", "The SQLite WAL's size in frames at the last checkpoint")
 EVENTS = Counter("comfyfleet_events", "Workflow events committed and published", ["kind"])
 
@@ -104,8 +105,8 @@ class SchedulerMetrics:
         watchers: Any = getattr(app.execution.hub, "_watchers", {})
         WATCHERS.set(sum(len(group) for group in watchers.values()))
         if (file := app.db.sqlite_file) is not None:
-            SQLITE_CHECKPOINTS.labels("thread").set(file.checkpoints)
-            SQLITE_CHECKPOINTS.labels("writer").set(file.writer_checkpoints)
+            SQLITE_CHECKPOINTS.set(file.checkpoints)
+            SQLITE_CHECKPOINT_WAITS.set(file.checkpoint_waits)
             SQLITE_WAL_FRAMES.set(file.wal_frames)
 
 

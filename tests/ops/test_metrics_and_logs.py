@@ -109,7 +109,7 @@ def test_scheduler_metrics(suite: Suite, run: dict[str, str]) -> None:
     assert value(samples, "comfyfleet_runner_slots", kind="total") == 1
     assert value(samples, "comfyfleet_placement_seconds_count") >= 1
     # The suite's database is a SQLite file: its checkpoint gauges are there (few writes so far).
-    assert value(samples, "comfyfleet_sqlite_checkpoints", by="writer") == 0
+    assert value(samples, "comfyfleet_sqlite_checkpoint_waits") == 0
     assert value(samples, "comfyfleet_sqlite_wal_frames") >= 0
     # accepted, uploaded, queued, running, completed: five status events at least
     assert value(samples, "comfyfleet_events_total", kind="status") >= 5

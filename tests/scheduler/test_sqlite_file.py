@@ -86,14 +86,14 @@ async def test_the_writer_leaves_checkpoints_to_the_checkpoint_thread(file: Sqli
 async def test_the_wal_stays_bounded_under_writes_that_never_pause(file: SqliteFile, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     # The thread's checkpoints copy what was there when they began; writes that keep coming keep
-    # the WAL from starting over, so past WAL_FRAMES_MAX the writer checkpoints by itself.
+    # the WAL from starting over, so past WAL_FRAMES_MAX a write waits for a whole checkpoint.
     monkeypatch.setattr(sqlite_file, "WAL_FRAMES_MAX", 100)
     writes = CHECKPOINT_EVERY * 8
     for n in range(writes):
-        file.write(lambda conn, n=n: conn.execute(text("INSERT INTO t VALUES (:n)"), {"n": n}))
+        await file.transaction(lambda conn, n=n: conn.execute(text("INSERT INTO t VALUES (:n)"), {"n": n}))
         await asyncio.sleep(0)
     await file.checkpoint_done()
-    assert file.writer_checkpoints >= 1
+    assert file.checkpoint_waits >= 1
     outside = sqlite3.connect(tmp_path / "f.db")
     try:
         # Each transaction appended at least one frame; without the WAL starting over it would

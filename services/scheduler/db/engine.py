@@ -215,7 +215,7 @@ class Database:
         run_sync. Either way it must not touch the event loop. Writers hold `write_lock`
         around it, as around any other write."""
         if self.sqlite_file is not None:
-            return self.sqlite_file.write(work)
+            return await self.sqlite_file.transaction(work)
         async with self.engine.begin() as conn:
             return await conn.run_sync(work)
 

@@ -5,15 +5,18 @@ In WAL mode with synchronous=NORMAL a commit appends to the WAL without an fsync
 wall time), so a write transaction costs less on the event loop than a hop to a thread and
 back: the hop's wake-up, and under load a GIL handoff at every statement (sqlite3 releases
 the GIL around each step, and taking it back waits on the busy loop thread). So `write` runs
-on the calling thread, on one connection kept open. What does fsync is the checkpoint
-(copying the WAL into the database file): the write connection never checkpoints by itself
-(`wal_autocheckpoint=0`); every CHECKPOINT_EVERY write transactions a PASSIVE checkpoint runs
-on the checkpoint thread's connection, which neither blocks nor waits for the writer. Such a
-checkpoint copies the frames that were in the WAL when it began; SQLite starts the WAL over
-only once every frame is copied, so while writes keep coming faster than the thread catches
-up, the WAL grows. When the last checkpoint found more than WAL_FRAMES_MAX frames, the writer
-runs the next one itself between two transactions (as SQLite's autocheckpoint would): nothing
-is written meanwhile, so it copies everything and the WAL starts over.
+on the calling thread, on one connection kept open.
+
+What does fsync is the checkpoint (copying the WAL into the database file): the write
+connection never checkpoints (`wal_autocheckpoint=0`); every CHECKPOINT_EVERY write
+transactions a PASSIVE checkpoint runs on the checkpoint thread's connection, beside the
+writer. Such a checkpoint copies the frames that were in the WAL when it began, and SQLite
+starts the WAL over only at a write that finds every frame copied, so under writes that never
+pause the WAL keeps growing (each checkpoint copies all it saw, but frames written meanwhile
+keep the next writer from starting over). When a checkpoint found more than WAL_FRAMES_MAX
+frames, `transaction` holds the next write until a checkpoint run while nothing is written has
+copied them all (as SQLite's own autocheckpoint holds the writer), awaiting it: the loop goes
+on meanwhile, and the writes that queue up share the next group commit.
 
 Reads (`read`) run on a thread and a connection of their own: in WAL mode they do not wait for
 the writer, and a long one (a list, a page far back) does not hold up the loop.
@@ -44,7 +47,7 @@ T = TypeVar("T")
 # A group commit writes a few to a few dozen pages, so the WAL stays around SQLite's own
 # autocheckpoint size (1,000 pages).
 CHECKPOINT_EVERY = 64
-# The WAL size (in 4 KiB frames) past which the writer checkpoints by itself (~16 MiB).
+# The WAL size (in 4 KiB frames, ~16 MiB) past which writes wait for a checkpoint to copy it all.
 WAL_FRAMES_MAX = 4000
 CLOSE_WAIT_S = 30  # what closing waits for a checkpoint that is running
 
@@ -69,10 +72,36 @@ class SqliteFile:
         self._reader: _Worker | None = None
         self._checkpointer: _Worker | None = None
         self._writes_since_checkpoint = 0
-        self._checkpoint: asyncio.Future[int] | None = None
-        self.wal_frames = 0  # the WAL's size when the last checkpoint ran (metrics)
-        self.checkpoints = 0  # checkpoints run on the thread, and by the writer (tests, bench)
-        self.writer_checkpoints = 0
+        self._checkpoint: asyncio.Future[tuple[int, int]] | None = None
+        # Metrics and tests: the WAL's size in frames when the last checkpoint ran (0 once one
+        # copied all of it: the next write starts it over), checkpoints run, and the times a
+        # write waited for one.
+        self.wal_frames = 0
+        self.checkpoints = 0
+        self.checkpoint_waits = 0
+
+    async def transaction(self, work: Callable[[Connection], T]) -> T:
+        """`write(work)`, after a checkpoint of the whole WAL when the last one found it past
+        WAL_FRAMES_MAX."""
+        if self.wal_frames > WAL_FRAMES_MAX:
+            await self._checkpoint_quietly()
+        return self.write(work)
+
+    async def _checkpoint_quietly(self) -> None:
+        """A checkpoint while nothing is written (callers hold Database.write_lock): it copies
+        the whole WAL (unless a reader still needs part of it), so the next write starts the
+        WAL over. One that was already running began before the pause: it is waited for, then
+        another one runs. A write waits one round only: a long read that keeps the checkpoint
+        from copying everything slows writes down, it does not stop them."""
+        self.checkpoint_waits += 1
+        if self._checkpoint is not None and not self._checkpoint.done():
+            await asyncio.wait({self._checkpoint})
+        checkpoint = self._start_checkpoint()
+        await asyncio.wait({checkpoint})
+        if not checkpoint.cancelled() and checkpoint.exception() is None:
+            frames, copied = checkpoint.result()
+            if frames >= 0 and copied == frames:
+                self.wal_frames = 0  # (what the next write finds when it starts the WAL over)
 
     def write(self, work: Callable[[Connection], T]) -> T:
         """`work(connection)` in one transaction on the calling thread: committed when it
@@ -80,7 +109,7 @@ class SqliteFile:
         conn = self._writer
         if conn is None or conn.closed or conn.invalidated:
             conn = self._writer = self.engine.connect()
-            conn.exec_driver_sql("PRAGMA wal_autocheckpoint=0")  # the checkpointer's job
+            conn.exec_driver_sql("PRAGMA wal_autocheckpoint=0").close()  # the checkpointer's job
             conn.commit()
         try:
             with conn.begin():
@@ -88,22 +117,7 @@ class SqliteFile:
         finally:
             self._writes_since_checkpoint += 1
             if self._writes_since_checkpoint >= CHECKPOINT_EVERY:
-                if self.wal_frames > WAL_FRAMES_MAX:
-                    self._writer_checkpoint(conn)
-                else:
-                    self._start_checkpoint()
-
-    def _writer_checkpoint(self, conn: Connection) -> None:
-        try:
-            frames = _checkpoint(conn)
-        except Exception as err:  # the transaction before it has committed; its caller must not fail
-            log.warning("WAL checkpoint failed (the next one retries): %s", err)
-            conn.rollback()
-            return
-        if frames >= 0:  # -1: the checkpoint thread is running one; this one waits for the next turn
-            self._writes_since_checkpoint = 0
-            self.wal_frames = frames
-            self.writer_checkpoints += 1
+                self._start_checkpoint()
 
     async def read(self, work: Callable[[Connection], T]) -> T:
         """`work(connection)` on the reader thread, whose connection is query-only (a write
@@ -112,24 +126,28 @@ class SqliteFile:
             self._reader = _Worker(self.engine, "sqlite-read", "PRAGMA query_only=ON")
         return await self._reader.run(functools.partial(_in_transaction, work))
 
-    def _start_checkpoint(self) -> None:
+    def _start_checkpoint(self) -> asyncio.Future[tuple[int, int]]:
+        """The running checkpoint, else a new one."""
         if self._checkpoint is not None and not self._checkpoint.done():
-            return  # the next write after it ends starts another
+            return self._checkpoint
         self._writes_since_checkpoint = 0
         if self._checkpointer is None:
             self._checkpointer = _Worker(self.engine, "sqlite-checkpoint")
         self._checkpoint = asyncio.ensure_future(self._checkpointer.run(_checkpoint))
         self._checkpoint.add_done_callback(self._checkpoint_done)
+        return self._checkpoint
 
-    def _checkpoint_done(self, done: asyncio.Future[int]) -> None:
+    def _checkpoint_done(self, done: asyncio.Future[tuple[int, int]]) -> None:
         if done.cancelled():
             return
         if (err := done.exception()) is not None:
             log.warning("WAL checkpoint failed (the next one retries): %s", err)
-        else:
-            if (frames := done.result()) >= 0:
-                self.wal_frames = frames
-            self.checkpoints += 1
+            self.wal_frames = 0  # so that writes do not wait on a checkpoint that keeps failing
+            return
+        self.checkpoints += 1
+        frames, _copied = done.result()
+        if frames >= 0:  # (-1: another connection was checkpointing)
+            self.wal_frames = frames
 
     async def checkpoint_done(self) -> None:
         """Waits (at most CLOSE_WAIT_S) for the running checkpoint, if one is."""
@@ -153,12 +171,13 @@ def _in_transaction(work: Callable[[Connection], T], conn: Connection) -> T:
         return work(conn)
 
 
-def _checkpoint(conn: Connection) -> int:
+def _checkpoint(conn: Connection) -> tuple[int, int]:
     """A PASSIVE checkpoint (it copies what no reader still needs, without waiting for readers
-    or the writer); returns the WAL's size in frames, -1 when another checkpoint was running."""
-    _busy, frames, _copied = conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
+    or the writer): the WAL's size in frames and the frames copied so far (-1, -1 when another
+    connection was checkpointing)."""
+    _busy, frames, copied = conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
     conn.commit()
-    return int(frames)
+    return int(frames), int(copied)
 
 
 class _Worker:
