@@ -35,10 +35,17 @@ def gateway(request: Request) -> Gateway:
     return found
 
 
+# Longer than any token the scheduler issues (46 characters), far shorter than what gRPC takes
+# in metadata: past its soft limit (8 KiB for all of a call's metadata) gRPC refuses a call at
+# random, so a token of ~8,000 characters got a 401 from the scheduler or a 413 from gRPC.
+MAX_TOKEN_CHARS = 1024
+
+
 def bearer(request: Request) -> str:
     """The Authorization header to forward ("Bearer <token>"); 401 when absent or malformed.
 
-    Whether the token is valid is the scheduler's decision, not the gateway's.
+    Whether the token is valid is the scheduler's decision, not the gateway's, except for one
+    longer than MAX_TOKEN_CHARS: no token is, so the gateway answers as the scheduler would.
     """
     value = request.headers.get("authorization", "")
     if not value.strip():
@@ -47,4 +54,6 @@ def bearer(request: Request) -> str:
     token = token.strip()
     if scheme.lower() != "bearer" or not token or not (token.isascii() and token.isprintable()) or " " in token:
         raise Unauthenticated("the Authorization header must be 'Bearer <token>'", reason="MALFORMED_TOKEN")
+    if len(token) > MAX_TOKEN_CHARS:
+        raise Unauthenticated("invalid token", reason="TOKEN_INVALID")
     return f"Bearer {token}"

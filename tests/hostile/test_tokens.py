@@ -22,7 +22,10 @@ BAD = [
     ("bearer-without-token", "Bearer", "MALFORMED_TOKEN", "'Bearer <token>'"),
     ("token-without-scheme", "cf_abcdef", "MALFORMED_TOKEN", "'Bearer <token>'"),
     ("non-ascii-token", "Bearer cf_\u00e9\u00e9", "MALFORMED_TOKEN", "'Bearer <token>'"),
+    # Refused by the gateway itself: past gRPC's metadata soft limit the call would be refused
+    # at random (413 TOO_LARGE) instead of answered.
     ("very-long-token", "Bearer " + "x" * 8000, "TOKEN_INVALID", "invalid token"),
+    ("long-token", "Bearer cf_" + "x" * 1100, "TOKEN_INVALID", "invalid token"),
 ]
 
 

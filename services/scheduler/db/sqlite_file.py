@@ -73,9 +73,9 @@ class SqliteFile:
         self._checkpointer: _Worker | None = None
         self._writes_since_checkpoint = 0
         self._checkpoint: asyncio.Future[tuple[int, int]] | None = None
-        # Metrics and tests: the WAL's size in frames when the last checkpoint ran (0 once one
-        # copied all of it: the next write starts it over), checkpoints run, and the times a
-        # write waited for one.
+        # Metrics and tests: the WAL's size in frames when the last checkpoint ran (0 after one
+        # run while nothing was written copied all of it: the next write starts it over),
+        # checkpoints run, and the times a write waited for one.
         self.wal_frames = 0
         self.checkpoints = 0
         self.checkpoint_waits = 0
