@@ -4,8 +4,10 @@ thread of its own (services.scheduler.db.sqlite_file), against a real file."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ pytestmark = pytest.mark.timeout(30)
 
 
 @pytest.fixture
-async def file(tmp_path: Path) -> SqliteFile:
+async def file(tmp_path: Path) -> AsyncIterator[SqliteFile]:
     f = SqliteFile(f"sqlite:///{tmp_path}/f.db")
     f.write(lambda conn: conn.execute(text("CREATE TABLE t (n INTEGER)")))
     yield f
@@ -28,6 +30,26 @@ async def file(tmp_path: Path) -> SqliteFile:
 
 def count(conn: Connection) -> int:
     return int(conn.execute(text("SELECT count(*) FROM t")).scalar_one())
+
+
+async def insert_rows(file: SqliteFile, rows: int, *, pause_s: float = 0) -> None:
+    """One write transaction per row, letting the loop run between them."""
+    for n in range(rows):
+        await file.transaction(functools.partial(_insert, n))
+        await asyncio.sleep(pause_s)
+
+
+def _insert(n: int, conn: Connection) -> None:
+    conn.execute(text("INSERT INTO t VALUES (:n)"), {"n": n})
+
+
+async def until_checkpointed(file: SqliteFile) -> None:
+    """Until a checkpoint has run (at most 4 s), then until none is running."""
+    for _ in range(200):
+        if file.checkpoints >= 1:
+            break
+        await asyncio.sleep(0.02)
+    await file.checkpoint_done()
 
 
 async def test_a_write_runs_on_the_calling_thread_and_commits(file: SqliteFile) -> None:
@@ -66,20 +88,14 @@ async def test_the_writer_leaves_checkpoints_to_the_checkpoint_thread(file: Sqli
     threads: list[str] = []
     real = sqlite_file._checkpoint
 
-    def checkpoint(conn: Connection) -> int:
+    def checkpoint(conn: Connection) -> tuple[int, int]:
         threads.append(threading.current_thread().name)
         return real(conn)
 
     monkeypatch.setattr(sqlite_file, "_checkpoint", checkpoint)
-    for n in range(CHECKPOINT_EVERY * 3):
-        file.write(lambda conn, n=n: conn.execute(text("INSERT INTO t VALUES (:n)"), {"n": n}))
-        await asyncio.sleep(0)
-    for _ in range(200):
-        if file.checkpoints >= 1:
-            break
-        await asyncio.sleep(0.02)
+    await insert_rows(file, CHECKPOINT_EVERY * 3)
+    await until_checkpointed(file)
     assert file.checkpoints >= 1
-    await file.checkpoint_done()
     assert threads and all(name.startswith("sqlite-checkpoint") for name in threads)
 
 
@@ -89,9 +105,7 @@ async def test_the_wal_stays_bounded_under_writes_that_never_pause(file: SqliteF
     # the WAL from starting over, so past WAL_FRAMES_MAX a write waits for a whole checkpoint.
     monkeypatch.setattr(sqlite_file, "WAL_FRAMES_MAX", 100)
     writes = CHECKPOINT_EVERY * 8
-    for n in range(writes):
-        await file.transaction(lambda conn, n=n: conn.execute(text("INSERT INTO t VALUES (:n)"), {"n": n}))
-        await asyncio.sleep(0)
+    await insert_rows(file, writes)
     await file.checkpoint_done()
     assert file.checkpoint_waits >= 1
     outside = sqlite3.connect(tmp_path / "f.db")
@@ -110,7 +124,7 @@ async def test_a_failed_checkpoint_is_retried_by_a_later_write(file: SqliteFile,
     failures = 0
     real = sqlite_file._checkpoint
 
-    def flaky(conn: Connection) -> int:
+    def flaky(conn: Connection) -> tuple[int, int]:
         nonlocal failures
         if failures == 0:
             failures += 1
@@ -118,12 +132,7 @@ async def test_a_failed_checkpoint_is_retried_by_a_later_write(file: SqliteFile,
         return real(conn)
 
     monkeypatch.setattr(sqlite_file, "_checkpoint", flaky)
-    for n in range(CHECKPOINT_EVERY * 4):
-        file.write(lambda conn, n=n: conn.execute(text("INSERT INTO t VALUES (:n)"), {"n": n}))
-        await asyncio.sleep(0.001)
-    for _ in range(200):
-        if file.checkpoints >= 1:
-            break
-        await asyncio.sleep(0.02)
+    await insert_rows(file, CHECKPOINT_EVERY * 4, pause_s=0.001)
+    await until_checkpointed(file)
     assert failures == 1 and file.checkpoints >= 1
     assert await file.read(count) == CHECKPOINT_EVERY * 4
