@@ -81,6 +81,10 @@ class RunnerSettings:
     progress_interval_s: float = 0.1
     # With no websocket message for this long, a prompt is checked against /queue and /history.
     poll_interval_s: float = 15.0
+    # A prompt ComfyUI accepted has its queue position read (GET /queue) only if the websocket
+    # has not said it started within this time: an idle ComfyUI starts it within milliseconds,
+    # and a read then could only find it running (while costing both sides a request).
+    queue_read_grace_s: float = 0.05
     # How long to wait for Welcome after Hello.
     welcome_timeout_s: float = 10.0
     # Used when Welcome leaves them unset.

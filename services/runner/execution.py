@@ -10,8 +10,9 @@
     queued     position from GET /queue, re-read when a `status` broadcast changes the count; the
                reads run beside the websocket (never in the way of its messages): `queued` goes
                out when the first read answers, or as 0 (running) when the prompt starts first
-               (a read is asked for only once the inbox is empty, so none runs for a prompt
-               whose start the websocket had already delivered)
+               (a read is asked for only once the inbox is empty and `queue_read_grace_s`
+               after POST /prompt answered, so none runs for a prompt that an idle ComfyUI
+               starts at once)
     running    websocket messages -> events (comfyui_messages.PromptTracker)
     storing    each output: GET /view -> storage (PutObjectBytes, or a PutObject stream over 1 MiB)
                -> output_stored; then completed
@@ -99,6 +100,7 @@ class ExecutionSettings:
     poll_interval_s: float = 15.0
     comfyui_down_timeout_s: float = 60.0
     comfyui_unready_after_s: float = 5.0
+    queue_read_grace_s: float = 0.05  # (RunnerSettings has what each setting means)
 
 
 class _Finished(Exception):
@@ -144,6 +146,7 @@ class Execution:
         self._position: int | None = None
         self._queued_sent = True  # False from POST /prompt's answer until `queued` is emitted
         self._position_wanted = False  # the queue changed (or the prompt was accepted): read it
+        self._position_due = 0.0  # (clock) not read before then: the accepted prompt's grace
         self._queue_reads = QueueReads(comfyui, self.prompt_id, self._inbox)
 
     # -- control -------------------------------------------------------------------------------
@@ -257,6 +260,7 @@ class Execution:
         self.state = State.QUEUED
         self._queued_sent = False
         self._position_wanted = True  # `queued` goes out when the read answers (or when the prompt starts)
+        self._position_due = self._clock() + self._settings.queue_read_grace_s
 
     def _position_read(self) -> None:
         answered, position = self._queue_reads.answer()
@@ -297,6 +301,8 @@ class Execution:
             deadline = last_heard + settings.poll_interval_s
             if (due := tracker.next_due()) is not None:
                 deadline = min(deadline, due)
+            if self._position_wanted and self.state is State.QUEUED:
+                deadline = min(deadline, self._position_due)
             if self._down_since is not None:
                 deadline = min(deadline, self._down_since + settings.comfyui_down_timeout_s)
             item = await self._next_item(deadline - now)
@@ -336,10 +342,10 @@ class Execution:
             await self._apply(steps)
 
     def _read_position_if_wanted(self) -> None:
-        """Asks for the position read wanted, once the inbox holds nothing more: what the
-        websocket delivered meanwhile goes first, and a prompt it said started (no longer
-        queued) needs no read."""
-        if self._position_wanted and self._inbox.empty():
+        """Asks for the position read wanted, once the inbox holds nothing more and the accepted
+        prompt's grace (`queue_read_grace_s`) is over: what the websocket delivered meanwhile
+        goes first, and a prompt it said started (no longer queued) needs no read."""
+        if self._position_wanted and self._inbox.empty() and self._clock() >= self._position_due:
             self._position_wanted = False
             if self.state is State.QUEUED:
                 self._queue_reads.request()

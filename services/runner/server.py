@@ -94,6 +94,7 @@ async def start_runner(settings: RunnerSettings) -> RunningRunner:
             poll_interval_s=settings.poll_interval_s,
             comfyui_down_timeout_s=settings.comfyui_down_timeout_s,
             comfyui_unready_after_s=settings.comfyui_unready_after_s,
+            queue_read_grace_s=settings.queue_read_grace_s,
         ),
         schemas=watch.schemas,
     )

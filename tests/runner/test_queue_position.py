@@ -29,7 +29,7 @@ def slow_queue_reads(h: Any, delay_s: float = READ_DELAY_S) -> list[float]:
 
 
 async def test_a_slow_queue_read_does_not_delay_the_run(harness: MakeHarness) -> None:
-    h = await harness()
+    h = await harness(queue_read_grace_s=0.0)  # read as soon as ComfyUI accepted the prompt
     reads = slow_queue_reads(h)
     started = asyncio.get_running_loop().time()
     h.scheduler.assign(assignment("wf-fast", chain(3, "fast")))
@@ -90,3 +90,28 @@ async def test_no_position_read_when_the_websocket_said_it_started_first(harness
     ]
     (queued,) = h.scheduler.events("wf-late", "queued")
     assert queued.queue_number == 0
+
+
+async def test_no_position_read_for_a_prompt_that_starts_within_the_grace(harness: MakeHarness) -> None:
+    h = await harness(queue_read_grace_s=1.0)
+    reads = slow_queue_reads(h, delay_s=0.0)
+    h.scheduler.assign(assignment("wf-idle", chain(3, "idle")))
+
+    assert await h.terminal("wf-idle") == "completed"
+    assert reads == []  # an idle ComfyUI started it at once: a read could only find it running
+    assert h.scheduler.kinds("wf-idle")[:3] == ["uploaded", "queued", "running"]
+    (queued,) = h.scheduler.events("wf-idle", "queued")
+    assert queued.queue_number == 0
+
+
+async def test_a_prompt_still_waiting_after_the_grace_is_read(harness: MakeHarness) -> None:
+    h = await harness(node_delay_ms=300, slots=2, queue_read_grace_s=0.2)
+    h.scheduler.assign(assignment("wf-first", chain(4, "first")))  # ~1.2 s of work in ComfyUI
+    await eventually(lambda: h.scheduler.events("wf-first", "running"), what="first running")
+    reads = slow_queue_reads(h, delay_s=0.0)
+    h.scheduler.assign(assignment("wf-behind", chain(2, "behind")))
+    await eventually(lambda: h.scheduler.events("wf-behind", "queued"), what="behind queued")
+    assert len(reads) == 1  # once its grace was over, not before
+    assert [q.queue_number for q in h.scheduler.events("wf-behind", "queued")] == [0]  # next to run
+    assert not h.scheduler.events("wf-behind", "running")
+    assert await h.terminal("wf-behind") == "completed"
