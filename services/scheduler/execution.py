@@ -85,12 +85,26 @@ class Execution:
         self._last_served: dict[str, int] = {}
         self._served = 0
         self._wake = asyncio.Event()
+        # `kick`s so far, and their count when a pass last left the queue empty: while the two
+        # are equal nothing can be waiting, and a freed slot needs no pass (`slot_freed`).
+        self._kicks = 0
+        self._empty_at_kick = -1
 
     # -- placement -------------------------------------------------------------------------
 
     def kick(self) -> None:
-        """Something relevant changed: run a placement pass soon (coalesced)."""
+        """Something relevant changed (work to place, a runner, a requeue): run a placement
+        pass soon (coalesced)."""
+        self._kicks += 1
         self._wake.set()
+
+    def slot_freed(self) -> None:
+        """A runner slot came free: a pass soon, unless the last one placed everything that
+        was waiting and nothing was kicked since (work to place always kicks), so nothing can
+        be waiting: one workflow at a time, each completion would otherwise read the queue
+        for nothing."""
+        if self._empty_at_kick != self._kicks:
+            self._wake.set()
 
     async def run_placement(self) -> None:
         """Placement loop: one pass per wake-up, never on a timer."""
@@ -108,14 +122,18 @@ class Execution:
         """Reads a batch sized to the free slots (a pass per completion must not read
         PLACEMENT_BATCH rows to fill one slot), and the full batch only when that one did not
         fill them (tags no free runner has, another user's turn) and held more."""
+        kicks = self._kicks
         free = sum(max(0, r.slots - r.in_flight) for r in self.fleet.snapshot() if r.enabled and r.connected)
         if free == 0:
             return 0  # the next release kicks again
         limit = min(PLACEMENT_BATCH, max(PLACEMENT_MIN, 4 * free))
         placed, read = await self._place(limit)
+        last_placed = placed
         if placed < free and read >= limit and limit < PLACEMENT_BATCH:
-            more, read = await self._place(PLACEMENT_BATCH)
-            placed, limit = placed + more, PLACEMENT_BATCH
+            last_placed, read = await self._place(PLACEMENT_BATCH)
+            placed, limit = placed + last_placed, PLACEMENT_BATCH
+        if self.queue.read_all and last_placed == read:
+            self._empty_at_kick = kicks  # (a kick during the pass makes this stale at once)
         if read >= limit and placed:
             self.kick()  # more may be waiting beyond this batch
         return placed
@@ -264,7 +282,7 @@ class Execution:
         if Status(change.row.status).terminal:
             self.fleet.release(session.runner_id, event.workflow_id)
             self.finished(change.row)
-            self.kick()
+            self.slot_freed()
 
     # -- runner loss -----------------------------------------------------------------------
 

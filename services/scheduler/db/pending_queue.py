@@ -17,6 +17,7 @@ index work, in at most 4 statements per priority, independent of the number wait
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -76,15 +77,20 @@ class PendingQueue:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._after: dict[int, str] = {}
+        # Whether the last batch held every workflow that was waiting when it was read (no
+        # priority had `limit` users or more, no user as many as their share).
+        self.read_all = False
 
     @runs_to_completion
     async def batch(self, limit: int) -> list[Waiting]:
         """Up to `limit` waiting workflows per priority, fairly spread across their users."""
         # A read: off the loop on a SQLite file (the reader thread), all its statements in one hop.
-        return await self.db.read(lambda conn: self._batch(conn, limit))
+        batch, self.read_all = await self.db.read(lambda conn: self._batch(conn, limit))
+        return batch
 
-    def _batch(self, conn: Connection, limit: int) -> list[Waiting]:
+    def _batch(self, conn: Connection, limit: int) -> tuple[list[Waiting], bool]:
         batch: list[Waiting] = []
+        read_all = True
         for priority in (Priority.HIGH, Priority.NORMAL, Priority.LOW):
             params: dict[str, Any] = {"status": Status.ACCEPTED.value, "priority": int(priority)}
             after = self._after.get(priority, "")
@@ -98,6 +104,7 @@ class PendingQueue:
                 segments.append(("", len(more)))
             # The next pass starts after the last user read when the batch was cut short.
             self._after[priority] = users[-1] if len(users) >= limit else ""
+            read_all = read_all and len(users) < limit
             if not users:
                 continue
             per_user = -(-limit // len(users))
@@ -106,7 +113,8 @@ class PendingQueue:
                     rows = _OLDEST_READ.rows(conn, {**params, "after": start, "max_users": count, "per_user": per_user})
                     batch.extend(Waiting(r["id"], r["user_id"], frozenset(json.loads(r["tags_json"])), r["priority"],
                                          _datetime(r["created_at"])) for r in rows)
-        return batch
+                    read_all = read_all and max(Counter(r["user_id"] for r in rows).values(), default=0) < per_user
+        return batch, read_all
 
 
 def _datetime(value: Any) -> datetime:
