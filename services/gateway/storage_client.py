@@ -3,10 +3,12 @@
 `Storage` is the small interface the routes use; `GrpcStorage` implements it over a
 grpc.aio channel. Failed calls raise domain errors (services.gateway.errors.from_grpc).
 
-A signed URL is reused for the same key for a moment (`PRESIGN_REUSE_SECONDS`, at most 2%
-of its lifetime): one workflow's output is presented by its `output` frame, the terminal
-`status` frame and often GET /outputs right after, and each would otherwise wait on a
-PresignObject round trip. The gateway's own deletes forget the URLs of what they deleted.
+Download URLs: with a local-directory backend the gateway signs them itself (url_signer.py,
+with what GetUrlSigning gave). Otherwise (S3) PresignObject makes them, and a URL is reused
+for the same key for a moment (`PRESIGN_REUSE_SECONDS`, at most 2% of its lifetime): one
+workflow's output is presented by its `output` frame, the terminal `status` frame and often
+GET /outputs right after, and each would otherwise wait on a PresignObject round trip. The
+gateway's own deletes forget the URLs of what they deleted.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from comfyfleet.storage.v1 import object_pb2, storage_service_pb2, storage_servi
 
 from services.common.grpc_telemetry import outgoing_metadata
 from services.gateway.errors import Unavailable, from_grpc
+from services.gateway.url_signer import Signing, UrlSigner
 
 MAX_CHUNK_BYTES = 1024 * 1024  # the PutObject contract: chunks of at most 1 MiB
 RPC_TIMEOUT_SECONDS = 10.0
@@ -105,6 +108,7 @@ class GrpcStorage:
         self._clock = clock  # when a URL stops being reused
         self._wall_clock = wall_clock  # against the URL's expiry (unix seconds)
         self._urls: OrderedDict[str, tuple[float, str]] = OrderedDict()  # key -> (reusable until, url)
+        self._signer = UrlSigner(self._url_signing, clock=clock, wall_clock=wall_clock)
 
     async def open_upload(self, key: str, content_type: str, max_size_bytes: int) -> GrpcUpload:
         call = self._stub.PutObject(metadata=outgoing_metadata())  # x-request-id (request_id.py)
@@ -153,6 +157,9 @@ class GrpcStorage:
         return response.deleted_count
 
     async def presign(self, key: str) -> str:
+        signed = await self._signer.sign(key)
+        if signed is not None:
+            return signed
         cached = self._urls.get(key)
         if cached is not None and self._clock() < cached[0]:
             return cached[1]
@@ -170,6 +177,19 @@ class GrpcStorage:
             while len(self._urls) > PRESIGN_CACHE_SIZE:
                 self._urls.popitem(last=False)
         return response.url
+
+    async def _url_signing(self) -> Signing | None:
+        """What signs download URLs, or None when storage makes them itself (S3) or is older
+        than GetUrlSigning."""
+        try:
+            response = await self._stub.GetUrlSigning(
+                storage_service_pb2.GetUrlSigningRequest(), timeout=RPC_TIMEOUT_SECONDS
+            )
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return None
+            raise
+        return response.gateway if response.HasField("gateway") else None
 
 
 async def _chunks(

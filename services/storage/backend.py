@@ -48,6 +48,12 @@ class ChunkStream(Protocol):
 class Backend(Protocol):
     """What the servicer needs from a place that keeps object bytes."""
 
+    @property
+    def has_urls(self) -> bool:
+        """Whether `presign` gives URLs of the store itself (S3); False: the service signs
+        gateway URLs, and tells the gateway how (GetUrlSigning)."""
+        ...
+
     async def put(
         self,
         key: str,

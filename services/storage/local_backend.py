@@ -121,6 +121,8 @@ class LocalBackend:
     out at open whether the filesystem takes user xattrs.
     """
 
+    has_urls = False  # the service signs gateway URLs (url_signing.py)
+
     def __init__(self, root: Path, *, use_xattrs: bool | None = None) -> None:
         self._data = root / "data"
         self._tmp = root / "tmp"

@@ -32,6 +32,10 @@ class MeteredBackend:
     def __init__(self, inner: Backend) -> None:
         self._inner = inner
 
+    @property
+    def has_urls(self) -> bool:
+        return self._inner.has_urls
+
     async def put(self, key: str, chunks: AsyncIterable[bytes], *, content_type: str = DEFAULT_CONTENT_TYPE,
                   max_size_bytes: int = 0) -> ObjectRef:
         try:

@@ -67,6 +67,8 @@ _T = TypeVar("_T")
 class S3Backend:
     """A Backend over one S3 bucket; build it with `await S3Backend.open(settings)`."""
 
+    has_urls = True  # presigned S3 URLs
+
     def __init__(self, settings: S3Settings) -> None:
         self._settings = settings
         self._bucket = settings.bucket

@@ -21,9 +21,9 @@ import grpc
 from comfyfleet.storage.v1 import object_pb2, storage_service_pb2, storage_service_pb2_grpc
 from google.protobuf import timestamp_pb2
 
+from services.common import url_signing as signing
 from services.common.errors import InvalidArgument
 from services.common.grpc_server import maps_domain_errors
-from services.storage import signing
 from services.storage.backend import Backend, ObjectRef
 from services.storage.config import MAX_URL_TTL_SECONDS
 from services.storage.errors import ObjectNotFound, UrlExpired, UrlSignatureInvalid
@@ -133,6 +133,15 @@ class StorageServicer(storage_service_pb2_grpc.StorageServiceServicer):
         return storage_service_pb2.PresignObjectResponse(
             url=url, expires_at=timestamp_pb2.Timestamp(seconds=expires_unix)
         )
+
+    @maps_domain_errors
+    async def GetUrlSigning(
+        self, request: storage_service_pb2.GetUrlSigningRequest, context: Context
+    ) -> storage_service_pb2.GetUrlSigningResponse:
+        if self._backend.has_urls:  # URLs of the store itself: PresignObject makes them
+            return storage_service_pb2.GetUrlSigningResponse()
+        return storage_service_pb2.GetUrlSigningResponse(gateway=storage_service_pb2.GatewayUrlSigning(
+            key=self._signing_key, public_url=self._public_url, ttl_seconds=self._default_ttl_seconds))
 
     def _check_signature(self, key: str, signature: storage_service_pb2.UrlSignature) -> None:
         verdict = signing.verify(

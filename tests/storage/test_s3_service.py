@@ -62,6 +62,11 @@ async def test_a_put_cancelled_mid_stream_leaves_nothing(stub: Stub, seaweed: Se
     assert seaweed.pending_uploads(bucket) == 0
 
 
+async def test_url_signing_is_left_to_presign_with_s3(stub: Stub) -> None:
+    answer = await stub.GetUrlSigning(pb.GetUrlSigningRequest())
+    assert not answer.HasField("gateway")  # S3's own presigned URLs: no key for the gateway
+
+
 async def test_presign_returns_an_s3_url_that_downloads_the_object(stub: Stub, seaweed: SeaweedS3) -> None:
     data = os.urandom(5000)
     await stub.PutObject(iter(put_requests("outputs/wf1/9/a.png", [data], content_type="image/png")))

@@ -17,7 +17,7 @@ from comfyfleet.storage.v1 import storage_service_pb2 as pb
 from google.protobuf import duration_pb2
 
 from services.common.errors import from_rpc_error
-from services.storage.signing import sign
+from services.common.url_signing import download_url, sign
 
 from .conftest import PUBLIC_URL, SIGNING_KEY, RunningStorage
 
@@ -149,6 +149,28 @@ async def test_presigned_url_downloads_through_a_signed_get(storage: RunningStor
     signature = pb.UrlSignature(expires_unix=expires, signature=query["signature"][0])
     request = pb.GetObjectRequest(key=unquote(url.path.removeprefix("/v1/objects/")), signature=signature)
     assert await get(storage, request) == (ref, b"PNG bytes")
+
+
+async def test_url_signing_lets_the_gateway_sign_what_a_signed_get_accepts(storage: RunningStorage) -> None:
+    ref = await put(storage, "outputs/wf1/9/signed here.png", b"PNG bytes", content_type="image/png")
+    answer = await storage.stub.GetUrlSigning(pb.GetUrlSigningRequest())
+    assert answer.HasField("gateway")  # a local directory: download URLs are the gateway's own
+    signing = answer.gateway
+    assert (signing.key, signing.public_url, signing.ttl_seconds) == (SIGNING_KEY, PUBLIC_URL, 300)
+
+    # a URL made with it, as the gateway makes one, is the URL PresignObject makes ...
+    expires = int(time.time()) + signing.ttl_seconds
+    url = download_url(signing.public_url, ref.key, expires, sign(signing.key, ref.key, expires))
+    presigned = await storage.stub.PresignObject(pb.PresignObjectRequest(key=ref.key))
+    if presigned.expires_at.seconds == expires:  # (unless the second turned between the two)
+        assert presigned.url == url
+    # ... and downloads the object
+    query = parse_qs(urlsplit(url).query)
+    signature = pb.UrlSignature(expires_unix=expires, signature=query["signature"][0])
+    assert await get(storage, pb.GetObjectRequest(key=ref.key, signature=signature)) == (ref, b"PNG bytes")
+    forged = pb.UrlSignature(expires_unix=expires, signature=sign(b"another key" * 4, ref.key, expires))
+    code, reason, _ = await rpc_error(storage.stub.GetObject(pb.GetObjectRequest(key=ref.key, signature=forged)))
+    assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "URL_SIGNATURE_INVALID")
 
 
 async def test_presign_ttl_from_the_request_and_its_bounds(storage: RunningStorage) -> None:

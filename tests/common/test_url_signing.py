@@ -6,7 +6,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
-from services.storage.signing import Verdict, download_url, sign, verify
+from services.common.url_signing import Verdict, download_url, sign, verify
 
 SECRET = b"s" * 32
 KEY = "outputs/wf1/9/image 1.png"

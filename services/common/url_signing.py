@@ -1,13 +1,14 @@
-"""Download URLs signed with HMAC-SHA256: the pure core of PresignObject and signed GetObject.
+"""Download URLs signed with HMAC-SHA256: how storage's PresignObject and the gateway (with
+the key GetUrlSigning gives it) make them, and how storage checks them on GetObject.
 
-A URL made by PresignObject reads
+A signed URL reads
 
     {public_url}/v1/objects/{key, percent-encoded, "/" kept}?expires={unix seconds}&signature={hex}
 
 The signature is HMAC-SHA256(secret, "comfyfleet-url-v1" NUL key NUL expires) in lowercase hex.
 Keys never contain NUL (see backend.validate_key), so the message is unambiguous. The gateway
 serves that path by calling GetObject with the decoded key and a UrlSignature; only this
-module knows how a signature is made. No I/O and no clock here: callers pass `now_unix`.
+module knows how a signature is made. No I/O and no clock here: callers pass the times.
 """
 
 from __future__ import annotations
