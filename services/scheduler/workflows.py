@@ -28,7 +28,7 @@ from services.scheduler.db.changes import new_workflow_row
 from services.scheduler.db.creates import OpenLimitReached
 from services.scheduler.db.identity_store import IdentityStore
 from services.scheduler.db.models import OutputRow, UserRow, WorkflowRow
-from services.scheduler.db.workflow_store import WorkflowStore
+from services.scheduler.db.workflow_store import EVENTS_PAGE, WorkflowStore
 from services.scheduler.errors import (
     AlreadyTerminal,
     Conflict,
@@ -288,27 +288,31 @@ class Workflows:
         """Snapshot (unless resuming), stored events after the cursor, then live ones;
         `checked()` is awaited once the workflow is found, before anything is yielded.
 
-        One read of the row, after the watcher is registered: every event committed after it
-        reaches the watcher, every one before it is in the row or in the log."""
+        One read of the row (with the log after the cursor when resuming), after the watcher is
+        registered: every event committed after it reaches the watcher, every one before it is
+        in the row or in the log. A snapshot is the row as of its last_seq: what follows it can
+        only come through the watcher."""
+        snapshot = req.after_seq == 0 and not req.from_start
         with self.hub.watch(req.id) as watcher:
-            row, outputs = await self.store.get(req.id, user.id)  # NotFound before anything is sent
+            # NotFound before anything is sent
+            row, outputs, batch = await self.store.watch_start(req.id, user.id, None if snapshot else req.after_seq)
             if checked is not None:
                 await checked()
             last = req.after_seq
-            if req.after_seq == 0 and not req.from_start:
+            if snapshot:
                 yield workflow_service_pb2.WatchWorkflowResponse(snapshot=workflow_pb(row, outputs))
                 if Status(row.status).terminal:
                     return
                 last = row.last_seq
-            while True:
-                batch = await self.store.events_after(req.id, last)
+            while batch:
                 for event in batch:
                     yield workflow_service_pb2.WatchWorkflowResponse(event=event)
                     last = event.seq
                     if is_terminal_event(event):
                         return
-                if len(batch) < 500:
+                if len(batch) < EVENTS_PAGE:
                     break
+                batch = await self.store.events_after(req.id, last)
             # Resuming at or past the end of a finished workflow: nothing more will come.
             if Status(row.status).terminal and row.last_seq <= last:
                 return

@@ -44,6 +44,14 @@ _EVENTS_AFTER = DriverStatement(lambda: text(
     "ORDER BY seq LIMIT :limit").columns(_EVENTS.c.payload))
 
 
+EVENTS_PAGE = 500  # events read at a time by a watch catching up
+
+
+def _events_after(conn: Connection, workflow_id: str, after_seq: int, limit: int) -> list[workflow_pb2.WorkflowEvent]:
+    rows = _EVENTS_AFTER.rows(conn, {"workflow_id": workflow_id, "after_seq": after_seq, "limit": limit})
+    return [workflow_pb2.WorkflowEvent.FromString(r["payload"]) for r in rows]
+
+
 class WorkflowStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -120,6 +128,23 @@ class WorkflowStore:
         return await self.db.read(read)
 
     @runs_to_completion
+    async def watch_start(
+        self, workflow_id: str, user_id: str, after_seq: int | None
+    ) -> tuple[WorkflowRow, list[OutputRow], list[workflow_pb2.WorkflowEvent]]:
+        """`get`, and with `after_seq` the first page of `events_after` it, in one read (one
+        hop to the reader thread on SQLite, one snapshot: the events end at the row's last_seq)."""
+
+        def read(conn: Connection) -> tuple[WorkflowRow, list[OutputRow], list[workflow_pb2.WorkflowEvent]]:
+            found = read_rows(conn, [workflow_id], locked=False).get(workflow_id)
+            if found is None or found["user_id"] != user_id:
+                raise WorkflowNotFound(workflow_id)
+            outputs = stored_outputs(conn, [workflow_id]).get(workflow_id, [])
+            events = [] if after_seq is None else _events_after(conn, workflow_id, after_seq, EVENTS_PAGE)
+            return workflow_row(found), outputs, events
+
+        return await self.db.read(read)
+
+    @runs_to_completion
     async def list_page(
         self, user_id: str, *, page: int, per_page: int, status: str | None, tag: str | None
     ) -> tuple[list[WorkflowRow], int]:
@@ -160,12 +185,10 @@ class WorkflowStore:
 
     @runs_to_completion
     async def events_after(
-        self, workflow_id: str, after_seq: int, limit: int = 500
+        self, workflow_id: str, after_seq: int, limit: int = EVENTS_PAGE
     ) -> list[workflow_pb2.WorkflowEvent]:
         """The workflow's stored events after `after_seq`, in order (a seek in its primary key)."""
-        rows = await self.db.read(lambda conn: _EVENTS_AFTER.rows(
-            conn, {"workflow_id": workflow_id, "after_seq": after_seq, "limit": limit}))
-        return [workflow_pb2.WorkflowEvent.FromString(r["payload"]) for r in rows]
+        return await self.db.read(lambda conn: _events_after(conn, workflow_id, after_seq, limit))
 
     @runs_to_completion
     async def pending(self, limit: int) -> list[WorkflowRow]:
