@@ -3,7 +3,7 @@
 The convention every benchmark module follows, so `bench.run` finds it without a list:
 
 - A module `bench/<name>.py` whose name does not start with `_` (helpers do) and is not
-  `run` is a benchmark when it defines `main(quick: bool) -> dict`.
+  `run` or `compare` is a benchmark when it defines `main(quick: bool) -> dict`.
 - `main` starts what it needs (on free ports, under a temporary directory), measures, stops
   everything it started, and returns a dict with at least `"figures"`: a list of dicts
 
@@ -20,5 +20,6 @@ The convention every benchmark module follows, so `bench.run` finds it without a
   only when they could not measure at all (the runner records the error and goes on).
 
 The machine is shared and noisy: every figure is a ratio against a baseline measured in the
-same run, or a median with its min and max.
+same run, or a median with its min and max. To judge a change, `python -m bench.compare REV`
+runs this tree and commit REV side by side, run by run (bench/compare.py).
 """

@@ -28,6 +28,7 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS = BENCH_DIR / "results.json"
 FIRST = ["submit", "overhead", "throughput", "scale"]
+TOOLS = {"run", "compare"}  # modules of bench/ that are not benchmarks
 
 Benchmark = Callable[[bool], dict[str, Any]]
 
@@ -38,7 +39,7 @@ SKIPPED: dict[str, str] = {}
 def discover() -> dict[str, Benchmark]:
     """Name -> main, for each module of bench/ that follows the convention (others in SKIPPED)."""
     names = [m.name for m in pkgutil.iter_modules([str(BENCH_DIR)])
-             if not m.name.startswith("_") and m.name != "run" and not m.ispkg]
+             if not m.name.startswith("_") and m.name not in TOOLS and not m.ispkg]
     order = [n for n in FIRST if n in names] + sorted(n for n in names if n not in FIRST)
     found: dict[str, Benchmark] = {}
     for name in order:
