@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from prometheus_client import REGISTRY
 
+from services.common import event_loop
 from services.common.logs import configure_logging
 from services.common.metrics import MetricsListener
 from services.runner.agent import RunnerAgent
@@ -165,5 +166,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"runner: {err.message}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
-    asyncio.run(serve(settings))
+    event_loop.run(serve(settings))
     return 0

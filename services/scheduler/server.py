@@ -26,6 +26,7 @@ from comfyfleet.scheduler.v1 import (
     workflow_service_pb2_grpc,
 )
 
+from services.common import event_loop
 from services.common.logs import configure_logging
 from services.common.metrics import start_metrics
 from services.common.service_auth import Credential, Rules
@@ -197,4 +198,4 @@ async def run(settings: Settings) -> int:
 def main() -> None:
     settings = Settings.from_env()
     configure_logging(settings.log_format)
-    sys.exit(asyncio.run(run(settings)))
+    sys.exit(event_loop.run(run(settings)))

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sys
 
+from services.common import event_loop
 from services.common.logs import configure_logging
 from services.storage.config import load_settings
 from services.storage.errors import SettingsError
@@ -28,7 +28,7 @@ def main() -> int:
             settings.listen,
             settings.public_url,
         )
-        asyncio.run(run(settings))
+        event_loop.run(run(settings))
     except SettingsError as err:
         log.error("cannot start: %s", err.message)
         return 2
