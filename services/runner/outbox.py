@@ -4,7 +4,10 @@
 and the wall-clock time, and queues it. The session writes queued events in order and marks
 each one written; `next_batch` gives it what is queued together (up to a count and a size) to
 write as one message, so that e.g. `output_stored` and `completed`, emitted a moment apart,
-reach the scheduler together and commit in one transaction. The protocol has no
+reach the scheduler together and commit in one transaction. The writer may `wait` a moment
+(`linger_s`) for more events to join the first one, unless an event that ends a run
+(`URGENT_KINDS`) is queued: one workflow at a time, its run's ~8 events go as 2 messages
+and commits instead of ~4, and its end is never held back. The protocol has no
 acknowledgement, so a written event is kept for a `window` (the lease): if the stream breaks,
 `rewind` puts the events written within the window back in front of the queue and they are
 resent on the next stream; the scheduler drops the repeats by `runner_seq`. An event older
@@ -17,6 +20,7 @@ Single-threaded asyncio: no locks; `wait` wakes the writer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -25,6 +29,10 @@ from dataclasses import dataclass
 from comfyfleet.runner.v1 import runner_event_pb2
 
 WorkflowKey = tuple[str, int]  # (workflow_id, attempt)
+
+# Events that end a run: written as soon as they are queued (the workflow's end, its runner
+# slot and whoever waits on them), with whatever is queued before them.
+URGENT_KINDS = frozenset({"completed", "failed", "cancelled", "invalid", "handed_back"})
 
 
 @dataclass
@@ -83,11 +91,23 @@ class Outbox:
         """Returns once every queued event has been written."""
         await self._empty.wait()
 
-    async def wait(self) -> None:
-        """Returns once something is queued."""
+    async def wait(self, linger_s: float = 0.0) -> None:
+        """Returns once something is queued; with `linger_s`, once an event of URGENT_KINDS
+        is queued too, or `linger_s` after the first event was (what is queued then goes
+        together)."""
         while not self._queued:
             self._ready.clear()
             await self._ready.wait()
+        if linger_s <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(linger_s):
+                while not self._urgent():
+                    self._ready.clear()
+                    await self._ready.wait()
+
+    def _urgent(self) -> bool:
+        return any(event.WhichOneof("kind") in URGENT_KINDS for event in self._queued)
 
     def rewind(self) -> None:
         """The stream broke: events written within the window go back in front of the queue."""

@@ -9,7 +9,8 @@ One stream at a time:
     up    Heartbeat{in_flight} every heartbeat_interval, and the outbox's events as it fills:
           what is queued together goes as one Events message (at most MAX_BATCH_EVENTS,
           about MAX_BATCH_BYTES) when the Welcome says takes_event_batches, a lone event
-          (or every event, to a scheduler without the flag) as an Event
+          (or every event, to a scheduler without the flag) as an Event; the first event
+          waits up to `linger_s` for others, unless one ends a run (Outbox.wait)
     down  Assignment / Cancel / Drain, handed to the `SessionHandler`
 
 One message for several events saves the runner a write each (grpc.aio writes every message
@@ -78,6 +79,9 @@ class SessionSettings:
     welcome_timeout_s: float = 10.0
     default_heartbeat_s: float = 10.0
     default_lease_s: float = 30.0
+    # How long the first queued event waits for others to go with it (Outbox.wait), unless
+    # one ends a run; only with a scheduler that takes batches.
+    linger_s: float = 0.02
 
 
 class Readiness(Protocol):
@@ -267,7 +271,7 @@ class RunnerSession:
         the scheduler takes them (`batches`), else one Event per message."""
         max_events = MAX_BATCH_EVENTS if batches else 1
         while True:
-            await self._outbox.wait()
+            await self._outbox.wait(self._settings.linger_s if batches else 0.0)
             batch = self._outbox.next_batch(max_events, MAX_BATCH_BYTES)
             if not batch:
                 continue

@@ -5,6 +5,7 @@ RunnerSessionService on a real grpc.aio server."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -84,12 +85,14 @@ class RecordingScheduler(pb_grpc.RunnerSessionServiceServicer):
 
 
 @contextlib.asynccontextmanager
-async def session_against(scheduler: RecordingScheduler) -> AsyncIterator[tuple[GrpcServer, Outbox, RunnerSession]]:
+async def session_against(scheduler: RecordingScheduler, *, linger_s: float = 0.0
+                          ) -> AsyncIterator[tuple[GrpcServer, Outbox, RunnerSession]]:
     server = GrpcServer(lambda s: pb_grpc.add_RunnerSessionServiceServicer_to_server(scheduler, s))
     await server.start()
     outbox = Outbox()
+    settings = SessionSettings(backoff=Backoff(base_s=0.05, cap_s=0.2), linger_s=linger_s)
     session = RunnerSession(server.address, RunnerIdentity(token="tok", name="gpu-1", tags=(), slots=1), Handler(),
-                            outbox, Readiness(), SessionSettings(backoff=Backoff(base_s=0.05, cap_s=0.2)))
+                            outbox, Readiness(), settings)
     async with running_session(session, server):
         await eventually(lambda: session.connected.is_set(), what="welcome")
         yield server, outbox, session
@@ -113,6 +116,29 @@ async def test_events_queued_together_go_up_as_one_message_and_a_lone_event_as_a
     await eventually(lambda: len(scheduler.seqs()) == 4, what="the fourth")
     assert scheduler.messages == [("events", [1, 2, 3]), ("event", [4])]
     assert outbox.queued_count() == 0
+
+
+async def test_events_emitted_apart_wait_for_each_other_but_a_runs_end_does_not() -> None:
+    scheduler = RecordingScheduler(takes_event_batches=True)
+    async with session_against(scheduler, linger_s=30.0) as (_, outbox, _):
+        outbox.emit(("wf", 1), events.uploaded())
+        await asyncio.sleep(0.1)  # (POST /prompt, then its websocket messages)
+        outbox.emit(("wf", 1), events.queued("p", 0))
+        outbox.emit(("wf", 1), events.running("p"))
+        await asyncio.sleep(0.1)
+        assert scheduler.messages == []  # waiting for company, up to linger_s
+        outbox.emit(("wf", 1), events.completed())  # ends the run: written now, with the rest
+        await eventually(lambda: len(scheduler.seqs()) == 4, what="the run's events", timeout_s=5.0)
+        assert scheduler.messages == [("events", [1, 2, 3, 4])]
+
+
+async def test_a_lone_event_goes_up_once_its_linger_is_over() -> None:
+    scheduler = RecordingScheduler(takes_event_batches=True)
+    async with session_against(scheduler, linger_s=0.3) as (_, outbox, _):
+        outbox.emit(("wf", 1), events.uploaded())
+        await asyncio.sleep(0.1)
+        assert scheduler.messages == []
+        await eventually(lambda: scheduler.messages == [("event", [1])], what="the lone event")
 
 
 async def test_an_older_scheduler_gets_one_event_per_message() -> None:
