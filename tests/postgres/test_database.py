@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import text
 
 from services.scheduler.core.state import Status
-from services.scheduler.db.engine import MIGRATIONS, Database
+from services.scheduler.db.engine import Database
+from services.scheduler.db.migrations import MIGRATIONS
 from services.scheduler.db.identity_store import API, IdentityStore
 from services.scheduler.db.models import WorkflowRow
 from services.scheduler.db.workflow_store import WorkflowStore
@@ -97,3 +98,62 @@ async def test_concurrent_changes_of_one_workflow_number_its_events_without_gaps
     assert [e.seq for e in events] == list(range(1, 22))
     assert sorted(e.log.message for e in events[1:]) == sorted(f"step {n}" for n in range(20))
     assert (await store.get("wf-1"))[0].last_seq == 21
+
+
+async def open_counts(db: Database) -> dict[str, int]:
+    async with db.engine.connect() as conn:
+        rows = await conn.execute(text("SELECT user_id, total FROM open_workflow_counts"))
+        return {user_id: int(total) for user_id, total in rows if total}
+
+
+async def add_workflows(db: Database, user_id: str, statuses: list[Status], *, prefix: str) -> None:
+    store, now = WorkflowStore(db), utcnow()
+    for i, status in enumerate(statuses):
+        row = WorkflowRow(id=f"{prefix}-{i}", user_id=user_id, name="w", status=status.value, workflow_json="{}",
+                          created_at=now, updated_at=now)
+        await store.create(row)
+
+
+async def test_open_workflow_counts_follow_every_insert_status_change_and_delete(db: Database) -> None:
+    await db.migrate()
+    identity, store = IdentityStore(db), WorkflowStore(db)
+    alice, bob = (await identity.create_user("alice")).id, (await identity.create_user("bob")).id
+    await add_workflows(db, alice, [Status.ACCEPTED, Status.ACCEPTED, Status.ACCEPTED], prefix="a")
+    await add_workflows(db, bob, [Status.ACCEPTED, Status.COMPLETED], prefix="b")  # (a row written finished)
+    assert await open_counts(db) == {alice: 3, bob: 1}
+
+    def finish(row: WorkflowRow, _outputs: object) -> list[object]:
+        row.status = Status.CANCELLED.value
+        return []
+
+    await store.change("a-0", finish)  # type: ignore[arg-type]
+    await store.change("a-1", lambda row, _o: [log_event("still open")])  # no status change
+    assert (await open_counts(db), await store.count_open(alice)) == ({alice: 2, bob: 1}, 2)
+    await store.delete("a-0", alice)  # finished: was not counted
+    async with db.engine.begin() as conn:  # whoever writes the table: another process, an admin
+        await conn.execute(text("UPDATE workflows SET status = 'failed' WHERE id = 'a-1'"))
+        await conn.execute(text("UPDATE workflows SET status = 'queued' WHERE id = 'b-1'"))  # reopened
+        await conn.execute(text("DELETE FROM workflow_events WHERE workflow_id = 'a-2'"))
+        await conn.execute(text("DELETE FROM workflows WHERE id = 'a-2'"))
+    assert await open_counts(db) == {bob: 2}
+    assert await store.count_open(alice) == 0
+
+
+async def test_the_migration_counts_the_open_workflows_of_an_older_database(db: Database) -> None:
+    await db.migrate()
+    (alice,) = [(await IdentityStore(db).create_user("alice")).id]
+    await add_workflows(db, alice, [Status.RUNNING, Status.ACCEPTED, Status.FAILED], prefix="a")
+    async with db.engine.begin() as conn:  # as a database from before step 10
+        if conn.dialect.name == "postgresql":
+            await conn.execute(text("DROP TRIGGER open_workflow_counts_keep ON workflows"))
+        else:
+            for name in ("insert", "delete", "finish", "reopen"):
+                await conn.execute(text(f"DROP TRIGGER open_workflow_counts_{name}"))
+        await conn.execute(text("DROP TABLE open_workflow_counts"))
+        await conn.execute(text("DELETE FROM schema_version WHERE version = 10"))
+
+    await db.migrate()
+
+    assert await open_counts(db) == {alice: 2}
+    await add_workflows(db, alice, [Status.ACCEPTED], prefix="b")  # and the triggers are back
+    assert await WorkflowStore(db).count_open(alice) == 3

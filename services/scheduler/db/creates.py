@@ -18,7 +18,7 @@ from datetime import UTC
 from typing import Any
 
 from comfyfleet.scheduler.v1 import workflow_pb2
-from sqlalchemy import Table, bindparam, delete, func, insert
+from sqlalchemy import BigInteger, String, Table, bindparam, column, delete, insert, table
 from sqlalchemy import select as core_select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
@@ -35,14 +35,13 @@ OPEN = [s.value for s in Status if s not in TERMINAL]
 _WORKFLOWS: Table = WorkflowRow.__table__  # type: ignore[attr-defined]
 _IDEMPOTENCY: Table = IdempotencyRow.__table__  # type: ignore[attr-defined]
 _WORKFLOW_COLUMNS = [c.name for c in _WORKFLOWS.columns]
-_OPEN_STATUSES = {f"status_{i}": status for i, status in enumerate(OPEN)}
 
 # On the driver's cursor (db/driver_statements.py), compiled once per dialect and IN-list length.
 _TAKEN = DriverStatement(lambda n: core_select(_WORKFLOWS.c.id).where(_WORKFLOWS.c.id.in_(in_list(_WORKFLOWS.c.id, n))))
-# A seek per (user, open status) in ix_workflows_user_status.
-_OPEN_COUNTS = DriverStatement(lambda n: core_select(_WORKFLOWS.c.user_id, func.count().label("n")).where(
-    _WORKFLOWS.c.user_id.in_(in_list(_WORKFLOWS.c.user_id, n)),
-    _WORKFLOWS.c.status.in_(in_list(_WORKFLOWS.c.status, len(OPEN)))).group_by(_WORKFLOWS.c.user_id))
+# Each user's row of the counts that triggers keep (migration 10, db/migrations.py).
+OPEN_COUNTS = table("open_workflow_counts", column("user_id", String), column("total", BigInteger))
+_OPEN_COUNTS = DriverStatement(lambda n: core_select(OPEN_COUNTS.c.user_id, OPEN_COUNTS.c.total).where(
+    OPEN_COUNTS.c.user_id.in_(in_list(OPEN_COUNTS.c.user_id, n))))
 _CLAIM = DriverStatement(lambda: core_select(_IDEMPOTENCY).where(_IDEMPOTENCY.c.user_id == bindparam("user_id"),
                                                                  _IDEMPOTENCY.c.key == bindparam("key")))
 _DROP_CLAIM = DriverStatement(lambda: delete(_IDEMPOTENCY).where(_IDEMPOTENCY.c.user_id == bindparam("user_id"),
@@ -88,9 +87,8 @@ def apply_creates(conn: Connection, requests: Sequence[CreateRequest]) -> list[t
     limited = sorted({r.row.user_id for r in requests if r.max_open is not None})
     open_counts: dict[str, int] = {}
     if limited:
-        users, n = listed(_WORKFLOWS.c.user_id, limited)
-        open_counts = {found["user_id"]: int(found["n"])
-                       for found in _OPEN_COUNTS.rows(conn, {**users, **_OPEN_STATUSES}, n)}
+        users, n = listed(OPEN_COUNTS.c.user_id, limited)
+        open_counts = {found["user_id"]: int(found["total"]) for found in _OPEN_COUNTS.rows(conn, users, n)}
     keys: dict[tuple[str, str], tuple[str, bytes]] = {}  # the keys this batch claims
     rows: list[dict[str, Any]] = []
     claims: list[dict[str, Any]] = []

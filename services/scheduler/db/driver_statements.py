@@ -25,23 +25,23 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Column, bindparam
+from sqlalchemy import bindparam
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.sql.elements import BindParameter, ColumnClause
 from sqlalchemy.sql.selectable import SelectBase
 
 Processor = Callable[[Any], Any]
 
 
-def in_list(column: Column[Any], n: int) -> list[BindParameter[Any]]:
+def in_list(column: ColumnClause[Any], n: int) -> list[BindParameter[Any]]:
     """Binds for `column IN (...)` of n values, named by `listed`."""
     return [bindparam(f"{column.name}_{i}", type_=column.type) for i in range(n)]
 
 
-def listed(column: Column[Any], values: Sequence[Any]) -> tuple[dict[str, Any], int]:
+def listed(column: ColumnClause[Any], values: Sequence[Any]) -> tuple[dict[str, Any], int]:
     """The parameters of `in_list(column, n)` holding `values` (one or more), and n: their
     number rounded up to a power of two, the last value repeated (harmless in an IN), so that
     a statement is compiled for at most 9 lengths up to the group commit's 256, not for each."""

@@ -1,10 +1,4 @@
-"""The async engine, SQLite tuning, and the schema migrations.
-
-Migrations are numbered steps recorded in `schema_version`; a new schema change is a new
-step appended to MIGRATIONS, never an edit of an old one. The same steps create and upgrade
-SQLite and Postgres: write their DDL in the common subset (`DATETIME` in `_add_columns` is
-translated for Postgres); on Postgres the run holds a transaction-level advisory lock, so two
-processes starting together migrate one after the other.
+"""The async engine, SQLite tuning, group commit; the schema migrations are db/migrations.py.
 
 SQLite runs in WAL mode with one writer at a time (`write_lock`), which is what SQLite
 supports anyway; a file's write transactions run on the event loop's thread, its reads and
@@ -23,145 +17,20 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
-from sqlalchemy import event, inspect, text
+from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.common.errors import ComfyfleetError
-from services.scheduler.db import models
+from services.scheduler.db.migrations import migrate_schema
 from services.scheduler.db.sqlite_file import SqliteFile, sqlite_pragmas
 
 log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-
-def _v1_initial(conn: Connection) -> None:
-    SQLModel.metadata.create_all(
-        conn,
-        tables=[
-            t.__table__  # type: ignore[union-attr]
-            for t in (models.UserRow, models.TokenRow, models.RunnerRow, models.WorkflowRow,
-                      models.EventRow, models.OutputRow)
-        ],
-    )
-
-
-def _v2_pending_index(conn: Connection) -> None:
-    # Read by services.scheduler.db.pending_queue (one index seek per user with waiting work).
-    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_workflows_pending "
-                      "ON workflows (status, runner_id, priority, user_id, created_at, id)"))
-
-
-def _add_columns(conn: Connection, table: str, columns: dict[str, str]) -> None:
-    """ALTER TABLE ... ADD COLUMN for each column the table lacks (step 1 creates tables from
-    the current models, so on a new database the columns may already be there)."""
-    present = {c["name"] for c in inspect(conn).get_columns(table)}
-    for name, ddl in columns.items():
-        if name not in present:
-            if conn.dialect.name == "postgresql":
-                ddl = ddl.replace("DATETIME", "TIMESTAMP WITH TIME ZONE")
-            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}"))
-
-
-def _create_tables(conn: Connection, *tables: type[SQLModel]) -> None:
-    SQLModel.metadata.create_all(conn, tables=[t.__table__ for t in tables])  # type: ignore[attr-defined]
-
-
-def _v3_runner_endpoints(conn: Connection) -> None:
-    _add_columns(conn, "runners", {"endpoint": "VARCHAR NOT NULL DEFAULT ''",
-                                   "headers_json": "VARCHAR NOT NULL DEFAULT '{}'"})
-
-
-def _v7_workflow_counts(conn: Connection) -> None:
-    """Read by WorkflowStore: count_open seeks (user_id, status) for the open statuses only; a
-    list orders by (user_id, created_at, id) from the index alone; a list's total without
-    filters is the user's row of `workflow_counts`, which triggers keep on every insert and
-    delete of a workflow, whoever writes it (so it cannot drift from the table)."""
-    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_workflows_user_status ON workflows (user_id, status)"))
-    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_workflows_user_created_id "
-                      "ON workflows (user_id, created_at, id)"))
-    conn.execute(text("CREATE TABLE IF NOT EXISTS workflow_counts "
-                      "(user_id VARCHAR PRIMARY KEY, total BIGINT NOT NULL)"))
-    conn.execute(text("DELETE FROM workflow_counts"))
-    conn.execute(text("INSERT INTO workflow_counts (user_id, total) "
-                      "SELECT user_id, count(*) FROM workflows GROUP BY user_id"))
-    bump = ("INSERT INTO workflow_counts (user_id, total) VALUES (NEW.user_id, 1) "
-            "ON CONFLICT (user_id) DO UPDATE SET total = workflow_counts.total + 1")
-    drop = "UPDATE workflow_counts SET total = total - 1 WHERE user_id = OLD.user_id"
-    if conn.dialect.name == "postgresql":
-        conn.execute(text(
-            "CREATE OR REPLACE FUNCTION workflow_counts_keep() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            f"IF TG_OP = 'INSERT' THEN {bump}; ELSE {drop}; END IF; RETURN NULL; END $$"))
-        conn.execute(text("DROP TRIGGER IF EXISTS workflow_counts_keep ON workflows"))
-        conn.execute(text("CREATE TRIGGER workflow_counts_keep AFTER INSERT OR DELETE ON workflows "
-                          "FOR EACH ROW EXECUTE FUNCTION workflow_counts_keep()"))
-    else:
-        conn.execute(text(f"CREATE TRIGGER IF NOT EXISTS workflow_counts_insert AFTER INSERT ON workflows "
-                          f"BEGIN {bump}; END"))
-        conn.execute(text(f"CREATE TRIGGER IF NOT EXISTS workflow_counts_delete AFTER DELETE ON workflows "
-                          f"BEGIN {drop}; END"))
-
-
-def _v8_user_event_numbers(conn: Connection) -> None:
-    """Per-user event numbers (services.scheduler.db.event_numbers): workflow_events gets its
-    owner and `user_seq`, existing rows numbered per user in (created_at, workflow_id, seq)
-    order; `event_numbers` holds each user's last number given out."""
-    _add_columns(conn, "workflow_events", {"user_id": "VARCHAR NOT NULL DEFAULT ''",
-                                           "user_seq": "BIGINT NOT NULL DEFAULT 0"})
-    conn.execute(text(
-        "UPDATE workflow_events SET user_id = numbered.user_id, user_seq = numbered.n FROM ("
-        "SELECT e.workflow_id, e.seq, w.user_id, ROW_NUMBER() OVER ("
-        "PARTITION BY w.user_id ORDER BY e.created_at, e.workflow_id, e.seq) AS n "
-        "FROM workflow_events e JOIN workflows w ON w.id = e.workflow_id) AS numbered "
-        "WHERE workflow_events.workflow_id = numbered.workflow_id AND workflow_events.seq = numbered.seq"))
-    conn.execute(text("CREATE UNIQUE INDEX IF NOT EXISTS ix_workflow_events_user_seq "
-                      "ON workflow_events (user_id, user_seq)"))
-    conn.execute(text("CREATE TABLE IF NOT EXISTS event_numbers "
-                      "(user_id VARCHAR PRIMARY KEY, last_user_seq BIGINT NOT NULL)"))
-    conn.execute(text("DELETE FROM event_numbers"))
-    conn.execute(text("INSERT INTO event_numbers (user_id, last_user_seq) "
-                      "SELECT user_id, max(user_seq) FROM workflow_events GROUP BY user_id"))
-
-
-MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
-    (1, "initial schema", _v1_initial),
-    (2, "index of the placement queue", _v2_pending_index),
-    (3, "runners registered by endpoint", _v3_runner_endpoints),
-    (4, "templates", lambda conn: _create_tables(conn, models.TemplateRow)),
-    (5, "token names and revocation", lambda conn: _add_columns(
-        conn, "tokens", {"name": "VARCHAR NOT NULL DEFAULT ''", "revoked_at": "DATETIME"})),
-    (6, "idempotency keys", lambda conn: _create_tables(conn, models.IdempotencyRow)),
-    (7, "per-user workflow counts and list indexes", _v7_workflow_counts),
-    (8, "per-user event numbers", _v8_user_event_numbers),
-    (9, "webhooks", lambda conn: _create_tables(
-        conn, models.WebhookEndpointRow, models.WebhookUserSecretRow, models.WorkflowWebhookRow,
-        models.WebhookCursorRow, models.WebhookDeliveryRow, models.WebhookAttemptRow)),
-]
-
-
-# pg_advisory_xact_lock key of a migration run ("cfmigrat" as a big-endian int64).
-MIGRATION_LOCK_KEY = int.from_bytes(b"cfmigrat", "big") - 2**63
-
-
-def _migrate(conn: Connection) -> None:
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
-    elif conn.dialect.name == "sqlite":
-        # The driver starts no transaction before DDL: take the write lock now (busy_timeout waits).
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-    conn.execute(text("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, name TEXT)"))
-    done = {row[0] for row in conn.execute(text("SELECT version FROM schema_version"))}
-    for version, name, step in MIGRATIONS:
-        if version in done:
-            continue
-        log.info("migrating database to version %d (%s)", version, name)
-        step(conn)
-        conn.execute(text("INSERT INTO schema_version (version, name) VALUES (:v, :n)"), {"v": version, "n": name})
 
 
 class Database:
@@ -199,7 +68,7 @@ class Database:
         for attempt in range(5):
             try:
                 async with self.engine.begin() as conn:
-                    await conn.run_sync(_migrate)
+                    await conn.run_sync(migrate_schema)
                 return
             except OperationalError as err:
                 # Two processes opening a new SQLite file at once: one may fail to switch it to

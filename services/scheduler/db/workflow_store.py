@@ -17,14 +17,14 @@ from collections.abc import Sequence
 from datetime import UTC
 
 from comfyfleet.scheduler.v1 import workflow_pb2
-from sqlalchemy import Select, Table, column, delete, func, table, text
+from sqlalchemy import Table, column, delete, func, table, text
 from sqlalchemy import select as core_select
 from sqlalchemy.engine import Connection
 from sqlmodel import col, select
 
 from services.scheduler.core.state import Status
 from services.scheduler.db.changes import Change, ChangeRequest, Mutation, read_rows, stored_outputs, workflow_row
-from services.scheduler.db.creates import OPEN, CreateRequest, claimed
+from services.scheduler.db.creates import OPEN, OPEN_COUNTS, CreateRequest, claimed
 from services.scheduler.db.driver_statements import DriverStatement
 from services.scheduler.db.engine import Database, runs_to_completion
 from services.scheduler.db.models import EventRow, OutputRow, WorkflowRow
@@ -178,10 +178,10 @@ class WorkflowStore:
 
     @runs_to_completion
     async def count_open(self, user_id: str) -> int:
-        """The user's workflows that have not finished (a seek per open status in (user_id, status));
-        in one `Database.read` (one thread hop on SQLite). `create` counts them itself."""
-        query = _count_open(user_id)
-        return int(await self.db.read(lambda conn: conn.execute(query).scalar_one()))
+        """The user's workflows that have not finished: their row of the counts that triggers
+        keep (db/migrations.py, step 10); one `Database.read`. `create` reads it itself."""
+        query = core_select(OPEN_COUNTS.c.total).where(OPEN_COUNTS.c.user_id == user_id)
+        return int(await self.db.read(lambda conn: conn.execute(query).scalar() or 0))
 
     @runs_to_completion
     async def events_after(
@@ -214,7 +214,3 @@ class WorkflowStore:
                 by_runner.setdefault(row.runner_id or "", []).append(row)
             return by_runner
 
-
-def _count_open(user_id: str) -> Select[int]:
-    return core_select(func.count()).select_from(_WORKFLOWS).where(
-        _WORKFLOWS.c.user_id == user_id, _WORKFLOWS.c.status.in_(_OPEN))
