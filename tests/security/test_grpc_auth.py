@@ -75,6 +75,13 @@ def test_storage_serves_the_service_token_and_refuses_a_user_token(suite: Suite)
                 stub.PresignObject(storage_service_pb2.PresignObjectRequest(key=key),
                                    metadata=(("authorization", f"Bearer {token}"),), timeout=5)
             assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+            with pytest.raises(grpc.RpcError) as refused:  # (it answers with the URL signing key)
+                stub.GetUrlSigning(storage_service_pb2.GetUrlSigningRequest(),
+                                   metadata=(("authorization", f"Bearer {token}"),), timeout=5)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+        signing = stub.GetUrlSigning(storage_service_pb2.GetUrlSigningRequest(),
+                                     metadata=(("authorization", f"Bearer {suite.service_token}"),), timeout=5)
+        assert len(signing.gateway.key) >= 32  # the gateway's: it signs download URLs with it
         # the service token gets past the door: storage answers about the object itself
         for ask in (lambda auth: stub.PresignObject(storage_service_pb2.PresignObjectRequest(key=key), metadata=auth,
                                                     timeout=5),
