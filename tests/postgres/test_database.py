@@ -13,8 +13,8 @@ from sqlalchemy import text
 
 from services.scheduler.core.state import Status
 from services.scheduler.db.engine import Database
-from services.scheduler.db.migrations import MIGRATIONS
 from services.scheduler.db.identity_store import API, IdentityStore
+from services.scheduler.db.migrations import MIGRATIONS
 from services.scheduler.db.models import WorkflowRow
 from services.scheduler.db.workflow_store import WorkflowStore
 from services.scheduler.errors import Unauthenticated
