@@ -82,7 +82,7 @@ def suite_round(fleet: Fleet, body_file: Path, content_type: str, duration: floa
 
 
 def main(quick: bool) -> dict[str, Any]:
-    rounds, duration, warmup = (1, 2.0, 0.5) if quick else (3, 5.0, 1.0)
+    rounds, duration, warmup = (1, 1.5, 0.3) if quick else (3, 5.0, 1.0)
     body, content_type = create_body()
     # The same suite with the gateway's create batching off (one CreateWorkflow call per
     # create), in the same run: what batching is worth.

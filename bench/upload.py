@@ -8,7 +8,7 @@ Both go to one SeaweedFS server started here, in the same run, with the same byt
 
 Reported: both MB/s (median of the rounds), their ratio (target >= 0.7), and the gateway's peak
 RSS growth (VmHWM, reset before each phase through /proc/PID/clear_refs) for one upload at a
-time and for 8 concurrent uploads (target < 8 MiB per concurrent upload).
+time and for 8 concurrent uploads (target < 8 MiB per concurrent upload). --quick: 20 MB, 4 at once.
 
 `python -m bench.upload [--quick]` prints a table; `make bench` runs `main` with the others.
 """
@@ -34,6 +34,7 @@ from tests.storage.seaweed import SeaweedS3
 
 FILE_BYTES = 50 * 1000 * 1000  # "50 MB", under the gateway's 50 MiB request limit with the other parts
 CONCURRENT = 8
+QUICK_FILE_BYTES, QUICK_CONCURRENT = 20 * 1000 * 1000, 4  # --quick
 BUCKET = "bench-upload"
 MiB = 1024 * 1024
 WORKFLOW = {
@@ -80,7 +81,8 @@ def _direct(seaweed: SeaweedS3, data: bytes, n: int) -> float:
 
 def main(quick: bool = False) -> dict[str, Any]:
     rounds = 2 if quick else 4
-    data = bytes(range(256)) * (FILE_BYTES // 256) + b"\0" * (FILE_BYTES % 256)
+    file_bytes, concurrent = (QUICK_FILE_BYTES, QUICK_CONCURRENT) if quick else (FILE_BYTES, CONCURRENT)
+    data = bytes(range(256)) * (file_bytes // 256) + b"\0" * (file_bytes % 256)
     with tempfile.TemporaryDirectory(prefix="bench-upload-") as tmp:
         seaweed = SeaweedS3(Path(tmp) / "seaweed")
         seaweed.start()
@@ -109,19 +111,19 @@ def main(quick: bool = False) -> dict[str, Any]:
             _reset_peak(gateway_pid)
             before = _rss_kib(gateway_pid, "VmRSS")
             started = time.perf_counter()
-            with ThreadPoolExecutor(CONCURRENT) as pool:
-                list(pool.map(lambda n: _post(suite.gateway_url, token, data, 100 + n), range(CONCURRENT)))
+            with ThreadPoolExecutor(concurrent) as pool:
+                list(pool.map(lambda n: _post(suite.gateway_url, token, data, 100 + n), range(concurrent)))
             concurrent_s = time.perf_counter() - started
             concurrent_growth_mib = (_rss_kib(gateway_pid, "VmHWM") - before) / 1024
         finally:
             suite.down()
             seaweed.stop()
 
-    mb = FILE_BYTES / 1e6
+    mb = file_bytes / 1e6
     gateway_mbps = mb / statistics.median(gateway_s)
     direct_mbps = mb / statistics.median(direct_s)
     ratio = gateway_mbps / direct_mbps
-    per_upload = concurrent_growth_mib / CONCURRENT
+    per_upload = concurrent_growth_mib / concurrent
     note = "" if peak_reset else "VmHWM could not be reset: growth is since the gateway started"
     return {
         "figures": [
@@ -129,11 +131,11 @@ def main(quick: bool = False) -> dict[str, Any]:
                    met=ratio >= 0.7),
             figure("direct minio put_object", direct_mbps, "MB/s"),
             figure("gateway peak RSS growth, 1 upload", single_growth_mib, "MiB", note=note),
-            figure(f"gateway peak RSS growth per upload, {CONCURRENT} concurrent", per_upload, "MiB",
+            figure(f"gateway peak RSS growth per upload, {concurrent} concurrent", per_upload, "MiB",
                    target="< 8 MiB", met=per_upload < 8, note=note),
-            figure(f"{CONCURRENT} concurrent uploads", CONCURRENT * mb / concurrent_s, "MB/s"),
+            figure(f"{concurrent} concurrent uploads", concurrent * mb / concurrent_s, "MB/s"),
         ],
-        "file_bytes": FILE_BYTES,
+        "file_bytes": file_bytes,
         "rounds": rounds,
         "gateway_seconds": [round(s, 3) for s in gateway_s],
         "direct_seconds": [round(s, 3) for s in direct_s],
