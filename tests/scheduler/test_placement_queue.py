@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -86,3 +88,25 @@ async def test_the_batch_reads_through_the_index_not_the_table(db: Database) -> 
             # every read of the workflows table is an index SEARCH; the only SCAN is of the CTE
             scans = [str(row[-1]) for row in plan if str(row[-1]).startswith("SCAN")]
             assert all(s.split()[1] in ("h", "heads", "CONSTANT") for s in scans), details
+
+
+async def test_a_small_batch_is_read_on_the_loop_and_a_large_one_on_the_reader_thread(db: Database) -> None:
+    (alice,) = await users(db, "alice")
+    await add(db, alice, 40)
+    queue = PendingQueue(db)
+    read_by: list[str] = []
+    real = queue._batch
+
+    def recorded(conn: Any, limit: int) -> Any:
+        read_by.append(threading.current_thread().name)
+        return real(conn, limit)
+
+    queue._batch = recorded  # type: ignore[method-assign]
+    small = await queue.batch(pending_queue.SHORT_READ_LIMIT)
+    large = await queue.batch(pending_queue.SHORT_READ_LIMIT + 1)
+    assert read_by[0] == threading.current_thread().name  # the loop's own thread: no hop
+    assert read_by[1].startswith("sqlite-read")
+    # the same rows either way, from the same committed state
+    assert [r.id for r in small] == [f"{alice}-{i:05}" for i in range(pending_queue.SHORT_READ_LIMIT)]
+    assert [r.id for r in large] == [f"{alice}-{i:05}" for i in range(pending_queue.SHORT_READ_LIMIT + 1)]
+    assert not queue.read_all and (await queue.batch(64)) and queue.read_all

@@ -96,6 +96,14 @@ class Database:
             return await self.transaction(work)
         return await self.sqlite_file.read(work)
 
+    async def read_short(self, work: Callable[[Connection], T]) -> T:
+        """`read`, for a read of a few index seeks: on a SQLite file it runs right here, on the
+        loop's thread (SqliteFile.read_here), where the hop to the reader thread and back would
+        cost more than the read; elsewhere as `read`."""
+        if self.sqlite_file is None:
+            return await self.read(work)
+        return self.sqlite_file.read_here(work)
+
     def submit(self, work: Callable[[Connection], T]) -> asyncio.Future[T]:
         """Group commit: queues `work` for the next shared write transaction and returns its
         future, which gets `work`'s result or exception once that transaction has committed

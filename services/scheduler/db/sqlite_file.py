@@ -106,11 +106,7 @@ class SqliteFile:
     def write(self, work: Callable[[Connection], T]) -> T:
         """`work(connection)` in one transaction on the calling thread: committed when it
         returns, rolled back when it raises. Callers hold Database.write_lock."""
-        conn = self._writer
-        if conn is None or conn.closed or conn.invalidated:
-            conn = self._writer = self.engine.connect()
-            conn.exec_driver_sql("PRAGMA wal_autocheckpoint=0").close()  # the checkpointer's job
-            conn.commit()
+        conn = self._write_connection()
         try:
             with conn.begin():
                 return work(conn)
@@ -118,6 +114,26 @@ class SqliteFile:
             self._writes_since_checkpoint += 1
             if self._writes_since_checkpoint >= CHECKPOINT_EVERY:
                 self._start_checkpoint()
+
+    def read_here(self, work: Callable[[Connection], T]) -> T:
+        """`work(connection)`, which only reads, on the calling thread: on the write connection
+        between its transactions (a write transaction never spans an await), in a transaction
+        of its own that is rolled back. For reads that take a few index seeks: a hop to the
+        reader thread costs more than they do."""
+        conn = self._write_connection()
+        transaction = conn.begin()
+        try:
+            return work(conn)
+        finally:
+            transaction.rollback()
+
+    def _write_connection(self) -> Connection:
+        conn = self._writer
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self._writer = self.engine.connect()
+            conn.exec_driver_sql("PRAGMA wal_autocheckpoint=0").close()  # the checkpointer's job
+            conn.commit()
+        return conn
 
     async def read(self, work: Callable[[Connection], T]) -> T:
         """`work(connection)` on the reader thread, whose connection is query-only (a write
