@@ -73,6 +73,8 @@ TARGETS: dict[str, list[tuple[str, str, Label]]] = {
                                      ("Execution.on_event", "sc.on_event", _event_kind),
                                      ("Execution.event_arrived", "sc.event_arrived", _event_kind)],
     "services.scheduler.hub": [("EventHub.publish", "sc.hub.publish", None)],
+    "services.scheduler.db.engine": [("Database._commit_queued", "sc.db.group_commit", None)],
+    "services.scheduler.db.changes": [("apply_changes", "sc.db.apply_changes", None)],
     "services.scheduler.fleet": [("Session.send", "sc.session.send", _event_kind)],
     "services.runner.agent": [("RunnerAgent.assign", "rn.assign", None)],
     "services.runner.input_upload": [("upload_inputs", "rn.upload_inputs", None)],

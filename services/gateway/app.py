@@ -92,7 +92,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
         scheduler = failover_channel(settings.scheduler_address, settings.security)
         storage = settings.security.channel(settings.storage_address, CHANNEL_OPTIONS)  # with the service token
         storage_client = GrpcStorage(storage)
-        feeds = Feeds(partial(subscribe_routes.render, storage_client), capacity=settings.sse_buffer_frames,
+        feeds = Feeds(partial(subscribe_routes.render_event, storage_client), capacity=settings.sse_buffer_frames,
                       keepalive_seconds=settings.sse_keepalive_seconds, stall_seconds=settings.sse_stall_seconds)
         app.state.gateway = Gateway(
             settings=settings,

@@ -38,12 +38,14 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from comfyfleet.scheduler.v1.workflow_pb2 import WorkflowEvent
+
 from services.common.errors import ComfyfleetError
-from services.gateway.scheduler_client import WatchMessage, WorkflowWatch
+from services.gateway.scheduler_client import WorkflowWatch
 
 log = logging.getLogger(__name__)
 
-Render = Callable[[WatchMessage], Awaitable[bytes | None]]
+Render = Callable[[WorkflowEvent], Awaitable[bytes | None]]  # one event's SSE frame; None: not shown
 
 
 class Frames(Protocol):
@@ -168,17 +170,26 @@ class Subscription:
 
 
 class _WorkflowFrames:
-    """The frames of a WatchWorkflow stream: one per event it renders (the seq is the event's)."""
+    """The frames of a WatchWorkflow stream: one per event it renders (the seq is the event's).
+    A message of several events (`batch`) is rendered whole before its first frame is given,
+    so the feed publishes them together and a subscriber takes them in one write."""
 
     def __init__(self, watch: WorkflowWatch, render: Render) -> None:
         self._watch = watch
         self._render = render
+        self._ready: deque[tuple[int, bytes]] = deque()
 
     async def next(self) -> tuple[int, bytes] | None:
-        while (message := await self._watch.next()) is not None:
-            if message.WhichOneof("message") == "event" and (frame := await self._render(message)) is not None:
-                return message.event.seq, frame
-        return None
+        while not self._ready:
+            message = await self._watch.next()
+            if message is None:
+                return None
+            kind = message.WhichOneof("message")
+            events = message.events.events if kind == "events" else [message.event] if kind == "event" else []
+            for event in events:
+                if (frame := await self._render(event)) is not None:
+                    self._ready.append((event.seq, frame))
+        return self._ready.popleft()
 
     def cancel(self) -> None:
         self._watch.cancel()

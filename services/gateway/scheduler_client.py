@@ -263,7 +263,7 @@ class GrpcScheduler:
 
     def watch_workflow(self, auth: str, workflow_id: str, *, after_seq: int, from_start: bool) -> GrpcWatch:
         request = workflow_service_pb2.WatchWorkflowRequest(
-            id=workflow_id, after_seq=after_seq, from_start=from_start
+            id=workflow_id, after_seq=after_seq, from_start=from_start, batch=True
         )
         return GrpcWatch(self._workflows.WatchWorkflow(request, metadata=_metadata(auth)))
 

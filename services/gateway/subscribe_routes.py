@@ -18,6 +18,7 @@ is its part, the checks and the subscription.
 
 from __future__ import annotations
 
+from comfyfleet.scheduler.v1.workflow_pb2 import WorkflowEvent
 from starlette.requests import Request
 
 from services.gateway import presenters, sse
@@ -80,21 +81,25 @@ async def _subscribe(request: Request) -> tuple[Subscription | None, bytes | Non
 
 
 async def render(storage: Storage, message: WatchMessage) -> bytes | None:
-    """One SSE frame for one watch message; None for a kind this gateway does not know."""
+    """The SSE frame of a snapshot or of a one-event message; None for anything else."""
     kind = message.WhichOneof("message")
     if kind == "snapshot":
         workflow = message.snapshot
         srcs = await presign_all(storage, presenters.object_keys(workflow))
         return sse.json_frame(presenters.snapshot(workflow, srcs), event="snapshot", id=workflow.last_seq)
     if kind == "event":
-        event = message.event
-        srcs = await presign_all(storage, presenters.object_keys(event))
-        framed = presenters.event_frame(event, srcs)
-        if framed is None:
-            return None
-        name, data = framed
-        return sse.json_frame(data, event=name, id=event.seq)
+        return await render_event(storage, message.event)
     return None
+
+
+async def render_event(storage: Storage, event: WorkflowEvent) -> bytes | None:
+    """One event's SSE frame; None for a kind this gateway does not show."""
+    srcs = await presign_all(storage, presenters.object_keys(event))
+    framed = presenters.event_frame(event, srcs)
+    if framed is None:
+        return None
+    name, data = framed
+    return sse.json_frame(data, event=name, id=event.seq)
 
 
 subscribe = sse.EventStream(SUBSCRIBE_ROUTE, _subscribe)

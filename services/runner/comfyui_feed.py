@@ -93,6 +93,8 @@ class ComfyUIFeed:
 
     async def wait_connected(self, timeout_s: float) -> bool:
         """True once the socket is open; False if it stays closed for `timeout_s`."""
+        if self._connected.is_set():
+            return True  # (wait_for would still make a task and a timer, and cost a loop turn)
         try:
             await asyncio.wait_for(self._connected.wait(), timeout_s)
         except TimeoutError:

@@ -28,7 +28,7 @@ from services.scheduler.db.changes import new_workflow_row
 from services.scheduler.db.creates import OpenLimitReached
 from services.scheduler.db.identity_store import IdentityStore
 from services.scheduler.db.models import OutputRow, UserRow, WorkflowRow
-from services.scheduler.db.workflow_store import EVENTS_PAGE, WorkflowStore
+from services.scheduler.db.workflow_store import WorkflowStore
 from services.scheduler.errors import (
     AlreadyTerminal,
     Conflict,
@@ -39,11 +39,12 @@ from services.scheduler.errors import (
     WorkflowNotFinished,
 )
 from services.scheduler.fleet import Fleet
-from services.scheduler.hub import OVERFLOW, EventHub
+from services.scheduler.hub import EventHub
 from services.scheduler.idempotency import Claim
 from services.scheduler.limits import Limits, over
 from services.scheduler.records import PB_TO_STATUS, utcnow, with_graph, workflow_pb
 from services.scheduler.storage_client import ObjectStore
+from services.scheduler.watch import watch as watch_stream
 
 MAX_NAME = 200
 
@@ -55,10 +56,6 @@ def status_event() -> workflow_pb2.WorkflowEvent:
 
 def log_event(message: str, level: int = workflow_pb2.LOG_LEVEL_INFO) -> workflow_pb2.WorkflowEvent:
     return workflow_pb2.WorkflowEvent(log=workflow_pb2.LogEvent(level=level, message=message))  # type: ignore[arg-type]
-
-
-def is_terminal_event(event: workflow_pb2.WorkflowEvent) -> bool:
-    return event.WhichOneof("kind") == "status" and PB_TO_STATUS[event.status.workflow.status].terminal
 
 
 def stored_fields(row: WorkflowRow) -> list[placeholders.FieldValue]:
@@ -281,50 +278,10 @@ class Workflows:
         row, outputs = await self.store.get(workflow_id)
         return workflow_pb(row, outputs)
 
-    async def watch(
+    def watch(
         self, user: UserRow, req: workflow_service_pb2.WatchWorkflowRequest,
         checked: Callable[[], Awaitable[None]] | None = None,
     ) -> AsyncIterator[workflow_service_pb2.WatchWorkflowResponse]:
-        """Snapshot (unless resuming), stored events after the cursor, then live ones;
-        `checked()` is awaited once the workflow is found, before anything is yielded.
+        """The watch stream of one of the user's workflows (services/scheduler/watch.py)."""
+        return watch_stream(self.store, self.hub, user.id, req, checked)
 
-        One read of the row (with the log after the cursor when resuming), after the watcher is
-        registered: every event committed after it reaches the watcher, every one before it is
-        in the row or in the log. A snapshot is the row as of its last_seq: what follows it can
-        only come through the watcher."""
-        snapshot = req.after_seq == 0 and not req.from_start
-        with self.hub.watch(req.id) as watcher:
-            # NotFound before anything is sent
-            row, outputs, batch = await self.store.watch_start(req.id, user.id, None if snapshot else req.after_seq)
-            if checked is not None:
-                await checked()
-            last = req.after_seq
-            if snapshot:
-                yield workflow_service_pb2.WatchWorkflowResponse(snapshot=workflow_pb(row, outputs))
-                if Status(row.status).terminal:
-                    return
-                last = row.last_seq
-            while batch:
-                for event in batch:
-                    yield workflow_service_pb2.WatchWorkflowResponse(event=event)
-                    last = event.seq
-                    if is_terminal_event(event):
-                        return
-                if len(batch) < EVENTS_PAGE:
-                    break
-                batch = await self.store.events_after(req.id, last)
-            # Resuming at or past the end of a finished workflow: nothing more will come.
-            if Status(row.status).terminal and row.last_seq <= last:
-                return
-            while True:
-                live = await watcher.queue.get()
-                if live is OVERFLOW:
-                    return  # too far behind: the client resumes with Last-Event-ID
-                if live.seq <= last:
-                    continue
-                pending = [live] if live.seq == last + 1 else await self.store.events_after(req.id, last)
-                for event in pending:
-                    yield workflow_service_pb2.WatchWorkflowResponse(event=event)
-                    last = event.seq
-                    if is_terminal_event(event):
-                        return

@@ -32,8 +32,8 @@ class ScriptedWatch:
         self.cancelled = True
 
 
-async def render(message: Watch) -> bytes | None:
-    return f"{message.event.seq}\n".encode()
+async def render(event: workflow_pb2.WorkflowEvent) -> bytes | None:
+    return f"{event.seq}\n".encode()
 
 
 async def drain(subscription: Subscription, idle: float = 0.05) -> list[int | None]:
@@ -112,4 +112,27 @@ async def test_joining_replays_what_the_feed_holds_after_the_cursor_and_refuses_
     first.cancel()
     await asyncio.sleep(0.01)
     assert watch.cancelled and not feeds.has(WF), "the last subscriber leaving stops the watch"
+    await feeds.close()
+
+
+class BatchedWatch(ScriptedWatch):
+    """A ScriptedWatch whose messages carry several events (WatchWorkflowRequest.batch):
+    put() a list of seqs per message."""
+
+    async def next(self) -> Watch | None:
+        seqs = await self.items.get()
+        if seqs is None:
+            return None
+        return Watch(events=workflow_service_pb2.WorkflowEvents(
+            events=[workflow_pb2.WorkflowEvent(workflow_id=WF, seq=seq) for seq in cast(list[int], seqs)]))
+
+
+async def test_the_events_of_one_message_reach_a_subscriber_in_one_write() -> None:
+    feeds = Feeds(render)
+    watch = BatchedWatch()
+    subscription = feeds.open(WF, watch, start=0)
+    watch.put(cast(int, [1, 2, 3]))
+    assert await subscription.next() == b"1\n2\n3\n"  # the three frames joined: one write
+    watch.put(cast(int, [4]), None)
+    assert await drain(subscription) == [4, None]
     await feeds.close()

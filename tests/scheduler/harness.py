@@ -327,7 +327,15 @@ class Watch:
 
     @property
     def events(self) -> list[workflow_pb2.WorkflowEvent]:
-        return [r.event for r in self.responses if r.WhichOneof("message") == "event"]
+        """Every event received, whether one per message or several (`batch`)."""
+        events: list[workflow_pb2.WorkflowEvent] = []
+        for r in self.responses:
+            kind = r.WhichOneof("message")
+            if kind == "event":
+                events.append(r.event)
+            elif kind == "events":
+                events.extend(r.events.events)
+        return events
 
     @property
     def seen(self) -> list[tuple[int, str, str]]:
@@ -358,9 +366,10 @@ class Watch:
 
 
 def watch(scheduler: Scheduler, workflow_id: str, *, after_seq: int = 0, from_start: bool = False,
-          token: str | None = None) -> Watch:
+          token: str | None = None, batch: bool = False) -> Watch:
     w = Watch()
-    request = workflow_service_pb2.WatchWorkflowRequest(id=workflow_id, after_seq=after_seq, from_start=from_start)
+    request = workflow_service_pb2.WatchWorkflowRequest(id=workflow_id, after_seq=after_seq, from_start=from_start,
+                                                        batch=batch)
 
     async def read() -> None:
         call = scheduler.workflows.WatchWorkflow(request, metadata=bearer(token or scheduler.dev_token))
