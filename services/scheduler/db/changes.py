@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC
 from typing import Any, TypeVar
 
 from comfyfleet.scheduler.v1 import workflow_pb2
@@ -37,7 +36,7 @@ from services.scheduler.db.driver_statements import DriverStatement, in_list, li
 from services.scheduler.db.event_numbers import INSERT_EVENTS, event_row, number_events_by_user
 from services.scheduler.db.models import OutputRow, WorkflowRow
 from services.scheduler.errors import WorkflowNotFound
-from services.scheduler.records import utcnow, workflow_pb
+from services.scheduler.records import set_time, utcnow, workflow_pb
 
 _WORKFLOWS: Table = WorkflowRow.__table__  # type: ignore[attr-defined]
 _OUTPUTS: Table = OutputRow.__table__  # type: ignore[attr-defined]
@@ -191,7 +190,7 @@ def apply_changes(conn: Connection, requests: Sequence[ChangeRequest]) -> list[t
             row.last_seq += 1
             e.workflow_id = row.id
             e.seq = row.last_seq
-            e.time.FromDatetime(now.replace(tzinfo=UTC))
+            set_time(e.time, now)
             if e.WhichOneof("kind") == "status":
                 e.status.workflow.CopyFrom(workflow_pb(row, outputs, graph=False))
         if request.drop_outputs:  # deletes what was stored, and what this batch added before

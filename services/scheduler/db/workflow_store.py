@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Sequence
-from datetime import UTC
 
 from comfyfleet.scheduler.v1 import workflow_pb2
 from sqlalchemy import Table, column, delete, func, table, text
@@ -30,7 +29,7 @@ from services.scheduler.db.engine import Database, runs_to_completion
 from services.scheduler.db.models import EventRow, OutputRow, WorkflowRow
 from services.scheduler.errors import WorkflowNotFinished, WorkflowNotFound
 from services.scheduler.idempotency import Claim
-from services.scheduler.records import workflow_pb
+from services.scheduler.records import set_time, workflow_pb
 
 _OPEN = OPEN
 # Rows per user, kept by triggers (db/engine.py, migration 7).
@@ -69,7 +68,7 @@ class WorkflowStore:
         event = workflow_pb2.WorkflowEvent(
             workflow_id=row.id, seq=1, status=workflow_pb2.StatusEvent(workflow=workflow_pb(row, graph=False))
         )
-        event.time.FromDatetime(row.created_at.replace(tzinfo=UTC))
+        set_time(event.time, row.created_at)
 
         replayed = await self.db.submit(CreateRequest(row, event, claim, max_open))
         if replayed is not None:
