@@ -50,7 +50,8 @@ TARGETS: dict[str, list[tuple[str, str, Label]]] = {
     "services.gateway.workflow_routes": [("create_workflow", "gw.create", None),
                                          ("submit_form", "gw.submit_form", None)],
     "services.gateway.subscribe_routes": [("subscribe", "gw.subscribe", None),
-                                          ("render", "gw.render", _event_kind)],
+                                          ("render", "gw.render", _event_kind),
+                                          ("render_event", "gw.render_event", _event_kind)],
     "services.gateway.scheduler_client": [("GrpcScheduler.get_user", "gw.rpc.get_user", None),
                                           ("GrpcScheduler.check_token", "gw.rpc.check_token", None),
                                           ("GrpcScheduler.create_workflow", "gw.rpc.create", None),
@@ -244,7 +245,7 @@ MILESTONES: list[tuple[str, str, str]] = [
     ("scheduler has `completed`", "sc.event_arrived enter completed", "first"),
     ("`completed` committed and published", "sc.hub.publish exit", "last"),
     ("scheduler streamed `completed` (watch ends)", "sc.WatchWorkflow exit", "last"),
-    ("gateway rendered the terminal frame", "gw.render exit event", "last"),
+    ("gateway rendered the terminal frame", "gw.render_event exit status", "last"),
 ]
 END = "client has the terminal frame"
 
