@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,31 @@ def test_json_lines_carry_the_bound_context_and_the_record_wins() -> None:
     assert line["time"].endswith("+00:00")
     outside = json.loads(formatter.format(record("after")))
     assert "request_id" not in outside and "workflow_id" not in outside
+
+
+_CONFIGURED = """
+import logging, sys
+from services.common import logs
+logs.configure_logging(sys.argv[1])
+with logs.log_context(request_id="req-1"):
+    logging.getLogger("services.test").info("created %s", "w-1", extra={"workflow_id": "w-1"})
+print(logging.logThreads, logging.logProcesses, logging.logMultiprocessing, logging._srcfile)
+"""
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_configured_lines_keep_their_fields_without_caller_thread_or_process(log_format: str) -> None:
+    """configure_logging turns off what no format shows (the lines are as before)."""
+    done = subprocess.run([sys.executable, "-c", _CONFIGURED, log_format], capture_output=True, text=True,
+                          timeout=30, check=True)
+    assert done.stdout.split() == ["False", "False", "False", "None"]
+    line = done.stderr.strip()
+    if log_format == "json":
+        assert {k: v for k, v in json.loads(line).items() if k != "time"} == {
+            "level": "INFO", "logger": "services.test", "message": "created w-1", "request_id": "req-1",
+            "workflow_id": "w-1"}
+    else:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO services.test: created w-1", line), line
 
 
 def test_log_format_settings_reject_unknown_formats() -> None:
