@@ -91,7 +91,7 @@ TARGETS: dict[str, list[tuple[str, str, Label]]] = {
     "services.runner.output_store": [("_copy", "rn.store_output", None)],
     "services.runner.storage_client": [("StorageClient.put", "rn.storage.put", None)],
     "services.storage.servicer": [("StorageServicer.PutObject", "st.PutObject", None),
-                                  ("StorageServicer.PutObjectBytes", "st.PutObject", None)],
+                                  ("StorageServicer._put_bytes", "st.PutObject", None)],
     "services.storage.local_backend": [("LocalBackend.put", "st.put", None),
                                        ("LocalBackend._store_whole", "st.store_whole", None)],
     "services.runner.outbox": [("Outbox.emit", "rn.emit", _event_kind),

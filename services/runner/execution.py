@@ -14,7 +14,7 @@
                after POST /prompt answered, so none runs for a prompt that an idle ComfyUI
                starts at once)
     running    websocket messages -> events (comfyui_messages.PromptTracker)
-    storing    each output: GET /view -> storage (PutObjectBytes, or a PutObject stream over 1 MiB)
+    storing    each output: GET /view -> storage (a PutObjectsBytes item, or a PutObject stream over 1 MiB)
                -> output_stored; then completed
 
 Handed back (run it elsewhere) when ComfyUI never took the prompt: its websocket is not open

@@ -1,5 +1,5 @@
 """Copies a finished prompt's outputs from ComfyUI (GET /view) into storage (storage_client.put:
-one PutObjectBytes call up to 1 MiB, a PutObject stream beyond).
+one message of the PutObjectsBytes stream held open up to 1 MiB, a PutObject stream beyond).
 
 Each file goes to `{output_prefix}{node_id}/{filename}` with the content type its extension
 names (`media_types`; what ComfyUI served when the extension is unknown), and yields an

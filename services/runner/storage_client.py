@@ -1,13 +1,16 @@
 """Adapter: the storage service's object streams, as the runner uses them.
 
     get(key)                       GetObject: the ObjectRef first, then the byte chunks
-    put(key, content_type, chunks) up to SMALL_PUT_BYTES: PutObjectBytes, the object in one message;
+    put(key, content_type, chunks) up to SMALL_PUT_BYTES: an item of the PutObjectsBytes stream
+                                   held open (storage_stream.py), the object in one message;
                                    more: PutObject, a header, chunks of at most 1 MiB, a finish
 
-Most outputs are a few KiB, and grpc.aio spends less on one unary call than on a stream of
-three messages, so `put` reads the source until it ends or passes SMALL_PUT_BYTES, and only a
-bigger object is streamed (starting with the chunks already read). A storage service older than
-PutObjectBytes answers UNIMPLEMENTED: that object and every later one go as a stream.
+Most outputs are a few KiB, and grpc.aio spends less on one message of an open stream than on
+a call, and less on a call than on a stream of three messages, so `put` reads the source until
+it ends or passes SMALL_PUT_BYTES, and only a bigger object gets a PutObject stream of its own
+(starting with the chunks already read). A storage service older than PutObjectsBytes answers
+UNIMPLEMENTED: then each small object is a PutObjectBytes call, and one older than that gets
+streams.
 
 `ObjectStore` is the small interface executions depend on; `StorageClient` implements it
 over a grpc.aio channel. gRPC failures become `StorageError` (with the domain error the
@@ -24,10 +27,11 @@ from typing import Protocol
 import grpc
 from comfyfleet.storage.v1 import object_pb2, storage_service_pb2, storage_service_pb2_grpc
 
-from services.common.errors import from_rpc_error
+from services.common.errors import ComfyfleetError, from_rpc_error
 from services.common.grpc_server import CHANNEL_OPTIONS
 from services.common.service_auth import PLAIN, ServiceSecurity
 from services.runner.errors import StorageError
+from services.runner.storage_stream import ItemRefused, PutItems, StreamBroken
 
 CHUNK_BYTES = 1024 * 1024
 # The most data PutObjectBytes takes (storage_service.proto); bigger objects are streamed.
@@ -40,8 +44,8 @@ UNAVAILABLE = "STORAGE_UNAVAILABLE"
 STORAGE_PATIENCE_S = 30.0
 
 
-def _storage_error(operation: str, key: str, err: grpc.aio.AioRpcError) -> StorageError:
-    cause = from_rpc_error(err)
+def _storage_error(operation: str, key: str, err: grpc.aio.AioRpcError | ComfyfleetError) -> StorageError:
+    cause = from_rpc_error(err) if isinstance(err, grpc.aio.AioRpcError) else err
     if cause.reason == "UNAVAILABLE":  # not reached at all (down, restarting): worth waiting for
         return StorageError(f"{operation} {key}: storage is unavailable", reason=UNAVAILABLE)
     return StorageError(f"{operation} {key}: {cause.message}")
@@ -79,9 +83,11 @@ class StorageClient:
     def __init__(self, target: str, security: ServiceSecurity = PLAIN) -> None:
         self._channel = security.channel(target, CHANNEL_OPTIONS)  # with the service token
         self._stub = storage_service_pb2_grpc.StorageServiceStub(self._channel)
+        self._items = PutItems(self._stub)  # PutObjectsBytes, until storage answers UNIMPLEMENTED
         self._takes_put_bytes = True  # until storage answers PutObjectBytes with UNIMPLEMENTED
 
     async def close(self) -> None:
+        await self._items.close()
         await self._channel.close()
 
     @contextlib.asynccontextmanager
@@ -119,11 +125,19 @@ class StorageClient:
             size_bytes += len(chunk)
             if size_bytes > SMALL_PUT_BYTES:
                 return await self._put_stream(header, _chained(read, source))
+        request = storage_service_pb2.PutObjectBytesRequest(header=header, data=b"".join(read))
+        if self._items.available:
+            try:
+                return await self._items.put(request)
+            except ItemRefused as refused:
+                raise _storage_error("PutObjectsBytes", key, refused.cause) from refused
+            except StreamBroken as broken:
+                if self._items.available:
+                    raise _storage_error("PutObjectsBytes", key, broken.error) from broken
+                # an older storage service: one call per object from now on
         if self._takes_put_bytes:
             try:
-                response = await self._stub.PutObjectBytes(
-                    storage_service_pb2.PutObjectBytesRequest(header=header, data=b"".join(read))
-                )
+                response = await self._stub.PutObjectBytes(request)
                 return response.object
             except grpc.aio.AioRpcError as err:
                 if err.code() != grpc.StatusCode.UNIMPLEMENTED:

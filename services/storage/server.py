@@ -54,6 +54,7 @@ async def run(settings: Settings) -> None:
             lambda server: register(server, servicer),
             service_names=[SERVICE_NAME],
             on_stop=backend.close,
+            before_stop=servicer.end_streams,
             auth=settings.security.server_auth(RULES),
             tls=settings.security.tls,
         )

@@ -1,8 +1,8 @@
 """StorageService over gRPC: translates proto messages to backend calls and back.
 
-Both puts hand the backend a stream of chunks: PutObject the chunks of its call, PutObjectBytes
-its one message's data as a single chunk, so key rules, size limit and atomicity are the
-backend's one code path for both.
+Every put hands the backend a stream of chunks: PutObject the chunks of its call, PutObjectBytes
+its one message's data as a single chunk, and PutObjectsBytes each item's the same way
+(put_items.py), so key rules, size limit and atomicity are the backend's one code path for all.
 
 Signatures of download URLs are checked here, before the backend is touched; building and
 checking them is signing.py's job, reading and writing bytes the backend's.
@@ -10,6 +10,7 @@ checking them is signing.py's job, reading and writing bytes the backend's.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import math
@@ -21,12 +22,14 @@ import grpc
 from comfyfleet.storage.v1 import object_pb2, storage_service_pb2, storage_service_pb2_grpc
 from google.protobuf import timestamp_pb2
 
+from services.common import logs
 from services.common import url_signing as signing
 from services.common.errors import InvalidArgument
 from services.common.grpc_server import maps_domain_errors
 from services.storage.backend import Backend, ObjectRef
 from services.storage.config import MAX_URL_TTL_SECONDS
 from services.storage.errors import ObjectNotFound, UrlExpired, UrlSignatureInvalid
+from services.storage.put_items import serve_items
 
 MAX_KEYS_PER_DELETE = 1000
 # PutObjectBytes data limit: one PutObject chunk's worth (storage_service.proto).
@@ -52,6 +55,7 @@ class StorageServicer(storage_service_pb2_grpc.StorageServiceServicer):
         self._public_url = public_url
         self._default_ttl_seconds = default_ttl_seconds
         self._clock = clock
+        self._stopping = asyncio.Event()
 
     @maps_domain_errors
     async def PutObject(
@@ -74,6 +78,20 @@ class StorageServicer(storage_service_pb2_grpc.StorageServiceServicer):
     async def PutObjectBytes(
         self, request: storage_service_pb2.PutObjectBytesRequest, context: Context
     ) -> storage_service_pb2.PutObjectBytesResponse:
+        return storage_service_pb2.PutObjectBytesResponse(object=await self._put_bytes(request))
+
+    async def PutObjectsBytes(
+        self, requests: AsyncIterator[storage_service_pb2.PutObjectsBytesRequest], context: Context
+    ) -> AsyncIterator[storage_service_pb2.PutObjectsBytesResponse]:
+        async for answer in serve_items(requests, self._put_bytes, self._stopping, logs.request_id.get()):
+            yield answer
+
+    async def end_streams(self) -> None:
+        """The service is stopping: PutObjectsBytes streams read no more items and end once
+        the ones read are answered (so they do not hold up the drain)."""
+        self._stopping.set()
+
+    async def _put_bytes(self, request: storage_service_pb2.PutObjectBytesRequest) -> object_pb2.ObjectRef:
         data = request.data
         if len(data) > MAX_PUT_BYTES_DATA:
             raise InvalidArgument(
@@ -86,7 +104,7 @@ class StorageServicer(storage_service_pb2_grpc.StorageServiceServicer):
         ref = await self._backend.put(
             header.key, _one_chunk(data), content_type=header.content_type, max_size_bytes=header.max_size_bytes
         )
-        return storage_service_pb2.PutObjectBytesResponse(object=_to_proto(ref))
+        return _to_proto(ref)
 
     @maps_domain_errors
     async def GetObject(

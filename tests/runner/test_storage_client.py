@@ -1,18 +1,22 @@
 """StorageClient.put against the real storage service (local backend in tmp_path) on a loopback
-port: a small object goes as one PutObjectBytes message, a bigger one as a PutObject stream,
-and either way the stored bytes are the source's.
+port: a small object goes as one item of the PutObjectsBytes stream the client holds open, a
+bigger one as a PutObject stream, and either way the stored bytes are the source's; a storage
+service older than PutObjectsBytes gets PutObjectBytes calls, and one older than that streams.
 
 Which RPC carried a put is read where an operator reads it: the storage server's
-comfyfleet_grpc_server_handling_seconds count by method (services/common/grpc_telemetry.py).
+comfyfleet_grpc_server_handling_seconds count by method (services/common/grpc_telemetry.py);
+the items of the held stream, from the client's count of them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -47,10 +51,11 @@ class Counted:
         return {m: calls(m) - n for m, n in self._start.items()}
 
 
-class WithoutPutObjectBytes(grpc.aio.ServerInterceptor):
-    """Serves as a storage service from before PutObjectBytes would: no such method."""
+class Without(grpc.aio.ServerInterceptor):
+    """Serves as an older storage service would: without the methods `missing`."""
 
-    def __init__(self) -> None:
+    def __init__(self, *missing: str) -> None:
+        self.missing = missing
         self.asked = 0
 
     async def intercept_service(
@@ -58,7 +63,7 @@ class WithoutPutObjectBytes(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
-        if getattr(handler_call_details, "method", "").endswith("/PutObjectBytes"):
+        if getattr(handler_call_details, "method", "").rpartition("/")[2] in self.missing:
             self.asked += 1
             return None
         return await continuation(handler_call_details)
@@ -108,9 +113,9 @@ async def stored(client: StorageClient, key: str = KEY) -> bytes:
 @pytest.mark.parametrize(
     ("size", "piece", "rpc"),
     [
-        (0, 1, "PutObjectBytes"),
-        (5000, 1500, "PutObjectBytes"),  # a small PNG in several reads
-        (SMALL_PUT_BYTES, 64 * 1024, "PutObjectBytes"),  # the most one message takes
+        (0, 1, "item"),
+        (5000, 1500, "item"),  # a small PNG in several reads
+        (SMALL_PUT_BYTES, 64 * 1024, "item"),  # the most one message takes
         (SMALL_PUT_BYTES + 1, 64 * 1024, "PutObject"),
         (2 * MiB + 300_001, 300_007, "PutObject"),  # read past the boundary in the middle of a piece
         (3 * MiB + 5, 3 * MiB + 5, "PutObject"),  # one piece, split into chunks of 1 MiB
@@ -122,7 +127,8 @@ async def test_small_objects_go_in_one_message_big_ones_as_a_stream(
     data = os.urandom(size)
     counted = Counted()
     ref = await storage.put(KEY, "image/png", source(pieces(data, piece)))
-    assert counted() == {"PutObjectBytes": 0, "PutObject": 0} | {rpc: 1}
+    assert counted() == {"PutObjectBytes": 0, "PutObject": 0 if rpc == "item" else 1}
+    assert storage._items.sent == (1 if rpc == "item" else 0)
     assert (ref.key, ref.size_bytes, ref.sha256, ref.content_type) == (
         KEY, size, hashlib.sha256(data).hexdigest(), "image/png")
     assert await stored(storage) == data
@@ -137,12 +143,12 @@ async def test_a_source_that_fails_stores_nothing(storage: StorageClient, size: 
         await stored(storage)
 
 
-@pytest.mark.parametrize(("size", "rpc"), [(5000, "PutObjectBytes"), (2 * MiB, "PutObject")])
+@pytest.mark.parametrize(("size", "rpc"), [(5000, "PutObjectsBytes"), (2 * MiB, "PutObject")])
 async def test_storage_errors_name_the_call_and_the_key(storage: StorageClient, size: int, rpc: str) -> None:
     with pytest.raises(StorageError) as caught:
         await storage.put("../etc/passwd", "image/png", source([os.urandom(size)]))
     assert caught.value.message.startswith(f"{rpc} ../etc/passwd: ")
-    if rpc == "PutObjectBytes":
+    if rpc == "PutObjectsBytes":
         assert caught.value.message.startswith(f"{rpc} ../etc/passwd: key '../etc/passwd' must not contain")
     # (A stream refused at its header while the client still writes chunks may end, by grpc.aio's
     # doing, with INTERNAL "Internal error from Core" instead of storage's status: the write fails
@@ -162,13 +168,74 @@ async def test_storage_down_is_unavailable_either_way(size: int) -> None:
 
 
 async def test_a_storage_service_without_put_object_bytes_gets_streams(tmp_path: Path) -> None:
-    older = WithoutPutObjectBytes()
+    older = Without("PutObjectsBytes", "PutObjectBytes")
     async with storage_service(tmp_path / "objects", older) as client:
         counted = Counted()
         first, second = os.urandom(5000), os.urandom(7000)
         await client.put(KEY, "image/png", source(pieces(first, 1000)))
         await client.put("outputs/wf1/9/ComfyUI_00002_.png", "image/png", source([second]))
-        assert older.asked == 1  # asked once; from then on the client streams
+        assert older.asked == 2  # each asked once; from then on the client streams
         assert counted() == {"PutObjectBytes": 0, "PutObject": 2}
         assert await stored(client) == first
         assert await stored(client, "outputs/wf1/9/ComfyUI_00002_.png") == second
+
+
+async def test_a_storage_service_without_put_objects_bytes_gets_calls(tmp_path: Path) -> None:
+    older = Without("PutObjectsBytes")
+    async with storage_service(tmp_path / "objects", older) as client:
+        counted = Counted()
+        for n in range(3):
+            await client.put(f"outputs/wf1/9/{n}.png", "image/png", source([os.urandom(300)]))
+        assert older.asked == 1
+        assert counted() == {"PutObjectBytes": 3, "PutObject": 0}
+
+
+async def test_concurrent_small_puts_share_one_stream_and_a_refused_item_fails_alone(storage: StorageClient) -> None:
+    datas = [os.urandom(1000 + n) for n in range(12)]
+    keys = [f"outputs/wf1/9/{n}.png" for n in range(12)]
+    results = await asyncio.gather(
+        *(storage.put(k, "image/png", source([d])) for k, d in zip(keys, datas, strict=True)),
+        storage.put("outputs/wf1/9/0.png/inside", "image/png", source([b"x"])),  # 0.png is an object
+        return_exceptions=True)
+    assert [r.sha256 for r in results[:12]] == [hashlib.sha256(d).hexdigest() for d in datas]  # type: ignore[union-attr]
+    assert isinstance(results[12], StorageError) and results[12].reason != UNAVAILABLE
+    assert (storage._items.opened, storage._items.sent) == (1, 13)
+    for key, data in zip(keys, datas, strict=True):
+        assert await stored(storage, key) == data
+    await storage.put(KEY, "image/png", source([b"after"]))  # the stream goes on
+    assert storage._items.opened == 1
+
+
+async def test_a_restarted_storage_gets_a_new_stream(tmp_path: Path) -> None:
+    """The held stream ends when storage stops (end_streams, then the drain); the next put
+    opens another one to the service that took its place."""
+    root = tmp_path / "objects"
+    settings = Settings(local_dir=root, url_signing_key=b"k" * 32, url_signing_key_file=root / "unused")
+    port = free_port()
+    client = StorageClient(f"127.0.0.1:{port}")
+
+    async def started() -> tuple[grpc.aio.Server, Any, Any]:
+        backend = await open_backend(settings)
+        servicer = build_servicer(settings, backend)
+        server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=server_interceptors())
+        register(server, servicer)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        return server, servicer, backend
+
+    try:
+        server, servicer, backend = await started()
+        await client.put(KEY, "image/png", source([b"first"]))
+        await servicer.end_streams()
+        await server.stop(5)
+        await backend.close()
+        server, servicer, backend = await started()
+        try:
+            await client.put(KEY, "image/png", source([b"second"]))
+            assert await stored(client) == b"second"
+            assert client._items.opened == 2
+        finally:
+            await server.stop(None)
+            await backend.close()
+    finally:
+        await client.close()

@@ -79,6 +79,11 @@ def test_storage_serves_the_service_token_and_refuses_a_user_token(suite: Suite)
                 stub.GetUrlSigning(storage_service_pb2.GetUrlSigningRequest(),
                                    metadata=(("authorization", f"Bearer {token}"),), timeout=5)
             assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+            item = storage_service_pb2.PutObjectsBytesRequest(id=1, put=storage_service_pb2.PutObjectBytesRequest(
+                header=storage_service_pb2.PutObjectHeader(key=key), data=b"x"))
+            with pytest.raises(grpc.RpcError) as refused:  # (the runner's stream of small puts)
+                list(stub.PutObjectsBytes(iter([item]), metadata=(("authorization", f"Bearer {token}"),), timeout=5))
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
         signing = stub.GetUrlSigning(storage_service_pb2.GetUrlSigningRequest(),
                                      metadata=(("authorization", f"Bearer {suite.service_token}"),), timeout=5)
         assert len(signing.gateway.key) >= 32  # the gateway's: it signs download URLs with it
