@@ -37,7 +37,7 @@ from services.common.errors import (
     Unauthenticated,
     status_proto_for,
 )
-from services.common.grpc_server import WATCH_READY, maps_domain_errors
+from services.common.grpc_server import SERVER_OPTIONS, WATCH_READY, maps_domain_errors
 
 GOOD_TOKEN = "good-token"
 USER_ID = "6f1c2a4e-0000-4000-8000-000000000001"
@@ -319,8 +319,10 @@ class FakeStorage(storage_service_pb2_grpc.StorageServiceServicer):
 
 
 async def serve(register: Callable[[grpc.aio.Server], None]) -> tuple[grpc.aio.Server, int]:
-    """A started grpc.aio server on 127.0.0.1:0 with the health service SERVING."""
-    server = grpc.aio.server()
+    """A started grpc.aio server on 127.0.0.1:0 with the health service SERVING, and the
+    services' own server options (keepalive pings from an idle client are welcome: with grpc's
+    defaults an idle gateway channel is sent GOAWAY too_many_pings after ~a minute)."""
+    server = grpc.aio.server(options=SERVER_OPTIONS)
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -21,6 +21,8 @@ from comfyfleet.runner.v1 import runner_session_service_pb2_grpc as pb_grpc
 from comfyfleet.storage.v1 import object_pb2, storage_service_pb2, storage_service_pb2_grpc
 from google.protobuf import duration_pb2
 
+from services.common.grpc_server import SERVER_OPTIONS
+
 
 async def eventually(predicate: Callable[[], Any], timeout_s: float = 5.0, what: str = "condition") -> Any:
     """Polls `predicate` until it is truthy; returns its value."""
@@ -230,7 +232,7 @@ class GrpcServer:
         return f"127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=SERVER_OPTIONS)  # the services' own (keepalive from idle clients)
         self._register(server)
         self.port = server.add_insecure_port(f"127.0.0.1:{self.port}")
         await server.start()

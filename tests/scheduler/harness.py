@@ -109,7 +109,7 @@ def bearer(token: str) -> list[tuple[str, str]]:
 async def running_scheduler(tmp: Path, database_url: str | None = None) -> AsyncIterator[Scheduler]:
     """`database_url` defaults to a SQLite file in `tmp` (tests/postgres passes a Postgres one)."""
     storage_fake = StorageFake()
-    storage_server = grpc.aio.server()
+    storage_server = grpc.aio.server(options=SERVER_OPTIONS)
     storage_grpc_port = storage_server.add_insecure_port("127.0.0.1:0")
     storage_service_pb2_grpc.add_StorageServiceServicer_to_server(storage_fake, storage_server)
     await storage_server.start()
