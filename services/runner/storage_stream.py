@@ -66,18 +66,19 @@ class PutItems:
     async def put(self, request: storage_service_pb2.PutObjectBytesRequest) -> object_pb2.ObjectRef:
         item_id = next(self._ids)
         answer: asyncio.Future[object_pb2.ObjectRef] = asyncio.get_running_loop().create_future()
-        async with self._writing:
-            call = self._open()
-            waiting = self._waiting[call]
-            waiting[item_id] = answer
-            try:
-                await call.write(storage_service_pb2.PutObjectsBytesRequest(id=item_id, put=request))
-                self.sent += 1
-            except grpc.aio.AioRpcError as err:
-                self._broken(call, err)
-            except asyncio.InvalidStateError:  # the call ended between its check and the write
-                self._broken(call, _ended("the put stream ended"))
+        waiting: dict[int, asyncio.Future[object_pb2.ObjectRef]] = {}
         try:
+            async with self._writing:
+                call = self._open()
+                waiting = self._waiting[call]
+                waiting[item_id] = answer
+                try:
+                    await call.write(storage_service_pb2.PutObjectsBytesRequest(id=item_id, put=request))
+                    self.sent += 1
+                except grpc.aio.AioRpcError as err:
+                    self._broken(call, err)
+                except asyncio.InvalidStateError:  # the call ended between its check and the write
+                    self._broken(call, _ended("the put stream ended"))
             return await answer
         finally:
             waiting.pop(item_id, None)
@@ -123,9 +124,11 @@ class PutItems:
                 answer.set_exception(StreamBroken(err))
 
     async def close(self) -> None:
-        if self._call is not None:
-            self._call.cancel()
-            self._call = None
+        """Ends the streams; puts still waiting fail with StreamBroken (CANCELLED)."""
+        for call in list(self._waiting):
+            self._broken(call, grpc.aio.AioRpcError(grpc.StatusCode.CANCELLED, grpc.aio.Metadata(),
+                                                    grpc.aio.Metadata(), "the storage client closed"))
+        self._call = None
         for reader in list(self._readers):
             reader.cancel()
         await asyncio.gather(*self._readers, return_exceptions=True)
