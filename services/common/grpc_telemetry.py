@@ -2,7 +2,9 @@
 caller's request id, and one log line.
 
     comfyfleet_grpc_server_handling_seconds{grpc_service, grpc_method, grpc_code}
-        time from the call's arrival to its status; for streams, the stream's whole life
+        time from the call's arrival to its status; for streams, the stream's whole life;
+        for an item of a call that carries several (grpc_method "<Method>.item": CreateWorkflows'
+        items, PutObjectsBytes' items), the item's own time
 
 `ServerTelemetry` is one grpc.aio server interceptor (grpc_server.serve and the scheduler's
 standby server register it). For each call it binds `x-request-id` from the metadata (a new
@@ -11,8 +13,8 @@ id when the caller sent none or an unusable one) in the logging context (logs.py
 and the workflow id of a response that carries a workflow (CreateWorkflow's, say).
 Health checks and reflection pass through untouched. `outgoing_metadata` is what a client
 adds to its calls to carry the current request id on. A call that carries several requests
-(CreateWorkflows) logs each item as its own call would have (`log_item`), with the item's
-request id.
+(CreateWorkflows, the PutObjectsBytes stream) logs and times each item as its own call would
+have been (`log_item`), with the item's request id.
 """
 
 from __future__ import annotations
@@ -57,10 +59,17 @@ def usable_request_id(value: str | None) -> str:
     return value if value and _USABLE_ID.fullmatch(value) else new_request_id()
 
 
+ITEM_SUFFIX = ".item"
+
+
 def log_item(method: str, error: BaseException | None, seconds: float, *, request_id: str,
              workflow_id: str = "") -> None:
-    """The log line of one request carried in a batched call, as its own call would write it."""
+    """The log line and the latency of one request carried in a call of several, as its own
+    call would record them; timed under grpc_method "<Method>.item" (the call's own sample,
+    at its end, is the whole call's or stream's)."""
     code = getattr(getattr(error, "code", None), "name", "UNKNOWN") if error is not None else "OK"
+    service, _, name = method.lstrip("/").rpartition("/")
+    HANDLING_SECONDS.labels(service, name + ITEM_SUFFIX, code).observe(seconds)
     level = logging.WARNING if code in ("UNKNOWN", "INTERNAL", "DATA_LOSS") else logging.INFO
     log.log(level, "%s %s %.1f ms (batched)", method, code, seconds * 1000,
             extra={"request_id": usable_request_id(request_id), "workflow_id": workflow_id})
