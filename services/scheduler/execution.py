@@ -30,6 +30,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from comfyfleet.runner.v1 import runner_event_pb2
 from comfyfleet.runner.v1 import runner_session_service_pb2 as session_pb2
@@ -42,7 +43,7 @@ from services.scheduler.core import placeholders
 from services.scheduler.core.graph import parse_graph
 from services.scheduler.core.placement import PendingWorkflow, place
 from services.scheduler.core.state import Status, transition
-from services.scheduler.db.changes import output_row
+from services.scheduler.db.changes import Mutation, output_row
 from services.scheduler.db.models import OutputRow, WorkflowRow
 from services.scheduler.db.pending_queue import PendingQueue
 from services.scheduler.db.workflow_store import Change, WorkflowStore
@@ -60,6 +61,17 @@ PLACEMENT_MIN = 32  # the smallest batch a pass reads
 
 class _Skip(Exception):
     """Aborts a change that no longer applies (stale, repeated or already finished)."""
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A runner slot held for a workflow being created (`Execution.reserve_new`): `assign` is
+    the change its create commits with it, `Execution.dispatch` sends it or gives it back."""
+
+    workflow_id: str
+    runner_id: str
+    session: Session
+    assign: Mutation
 
 
 class Execution:
@@ -145,21 +157,46 @@ class Execution:
                                    may_use_shared=self.may_use_shared(w.user_id))
                    for w in waiting]
         decisions = place(pending, self.fleet.snapshot(), self._last_served)
-        users = {w.id: w.user_id for w in waiting}
         # All at once: the assignments of a pass are queued together and share one transaction.
-        assigned = await asyncio.gather(*(self._assign(workflow_id, users[workflow_id], runner_id)
+        assigned = await asyncio.gather(*(self._assign(workflow_id, runner_id)
                                           for workflow_id, runner_id in decisions.bindings),
                                         return_exceptions=True)
         if failed := [err for err in assigned if isinstance(err, BaseException)]:
             raise failed[0]
         return sum(n for n in assigned if isinstance(n, int)), len(waiting)
 
-    async def _assign(self, workflow_id: str, user_id: str, runner_id: str) -> int:
-        # The slot is taken before the change (so a pass never binds it twice); the attempt
-        # number it is held for is set once the change has read the row.
-        session = self.fleet.reserve(runner_id, workflow_id, 0)
-        if session is None:
-            return 0
+    # -- placed as created -----------------------------------------------------------------
+
+    def reserve_new(self, row: WorkflowRow) -> Reservation | None:
+        """A runner slot for a workflow about to be created (`row`, accepted), when nothing
+        waits (the last pass placed everything it read and nothing was kicked since) and a
+        runner can take it now. The create's own transaction then makes the assignment
+        (`Reservation.assign`) and `dispatch` sends it: one commit and no queue read, instead
+        of a commit, a pass, its read and a second commit. The runner is the one a pass would
+        pick for this workflow alone (the same `place`), and with nothing waiting no other
+        workflow had a claim to it. None: the create kicks a pass, as always."""
+        if self._empty_at_kick != self._kicks:
+            return None
+        pending = PendingWorkflow(row.id, row.user_id, frozenset(json.loads(row.tags_json)), priority=row.priority,
+                                  may_use_shared=self.may_use_shared(row.user_id))
+        bindings = place([pending], self.fleet.snapshot(), self._last_served).bindings
+        if not bindings or (session := self.fleet.reserve(runner_id := bindings[0][1], row.id, 0)) is None:
+            return None
+        return Reservation(row.id, runner_id, session, self._assignment(runner_id, session))
+
+    async def dispatch(self, reservation: Reservation, change: Change | None) -> None:
+        """After the create of a reserved workflow: sends its assignment (`change`: the create
+        committed), or gives the slot back (None: it failed, or replayed an earlier one)."""
+        if change is None:
+            self.fleet.release(reservation.runner_id, reservation.workflow_id)
+            self.slot_freed()
+            return
+        await self._dispatch(change.row, reservation.session, reservation.runner_id)
+
+    # -- assignments ----------------------------------------------------------------------
+
+    def _assignment(self, runner_id: str, session: Session) -> Mutation:
+        """The change that binds an accepted workflow to `runner_id` and fills its prompt."""
 
         def mutate(r: WorkflowRow, _outputs: list[OutputRow]) -> list[workflow_pb2.WorkflowEvent]:
             # The prompt is filled from the row the change reads: no read of its own first.
@@ -180,19 +217,31 @@ class Execution:
             r.last_runner_seq = 0
             return [log_event(f"assigned to runner {session.name} (attempt {r.attempt})")]
 
+        return mutate
+
+    async def _assign(self, workflow_id: str, runner_id: str) -> int:
+        # The slot is taken before the change (so a pass never binds it twice); the attempt
+        # number it is held for is set once the change has read the row.
+        session = self.fleet.reserve(runner_id, workflow_id, 0)
+        if session is None:
+            return 0
         try:
-            change = await self.store.change(workflow_id, mutate)
+            change = await self.store.change(workflow_id, self._assignment(runner_id, session))
         except (_Skip, WorkflowNotFound):
             self.fleet.release(runner_id, workflow_id)
             return 0
         except Exception:
             self.fleet.release(runner_id, workflow_id)
             raise
-        row = change.row
+        self.hub.publish(change.events)
+        return await self._dispatch(change.row, session, runner_id)
+
+    async def _dispatch(self, row: WorkflowRow, session: Session, runner_id: str) -> int:
+        """Sends the committed assignment of `row` (its events published): 1, or 0 and the
+        assignment undone if the session closed meanwhile."""
         session.held[row.id] = row.attempt
         self._served += 1
-        self._last_served[user_id] = self._served
-        self.hub.publish(change.events)
+        self._last_served[row.user_id] = self._served
         assignment = session_pb2.Assignment(
             workflow_id=row.id,
             attempt=row.attempt,

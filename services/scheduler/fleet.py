@@ -89,9 +89,11 @@ class Fleet:
         ]
 
     def reserve(self, runner_id: str, workflow_id: str, attempt: int) -> Session | None:
+        """Takes a slot of `runner_id` for `workflow_id`; None if it has none free, or holds that
+        workflow already (a create with a caller-chosen id that is taken must not touch it)."""
         session = self.sessions.get(runner_id)
         if (session is None or session.closed or not session.enabled or session.draining
-                or len(session.held) >= session.slots):
+                or len(session.held) >= session.slots or workflow_id in session.held):
             return None
         session.held[workflow_id] = attempt
         self._counter += 1

@@ -120,7 +120,7 @@ class SchedulerApp:
         limits = Limits(settings.tier_limits, store, runner_store, template_store)
         sweeper = InputSweeper(storage)
         execution = Execution(settings, store, hub, fleet, finished=sweeper.finished)
-        workflows = Workflows(store, identity, hub, fleet, kick=execution.kick, finished=sweeper.finished,
+        workflows = Workflows(store, identity, hub, fleet, placement=execution, finished=sweeper.finished,
                               storage=storage, limits=limits)
         pool_changes = PoolChanges()
         runners = Runners(runner_store, identity, store, fleet, execution, workflows, limits,

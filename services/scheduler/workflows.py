@@ -10,10 +10,11 @@ workflows only through `WorkflowStore.change` and the state machine in `core/sta
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from comfyfleet.runner.v1 import runner_session_service_pb2 as session_pb2
 from comfyfleet.scheduler.v1 import workflow_pb2, workflow_service_pb2
@@ -28,7 +29,7 @@ from services.scheduler.db.changes import new_workflow_row
 from services.scheduler.db.creates import OpenLimitReached
 from services.scheduler.db.identity_store import IdentityStore
 from services.scheduler.db.models import OutputRow, UserRow, WorkflowRow
-from services.scheduler.db.workflow_store import WorkflowStore
+from services.scheduler.db.workflow_store import Change, WorkflowStore
 from services.scheduler.errors import (
     AlreadyTerminal,
     Conflict,
@@ -46,7 +47,21 @@ from services.scheduler.records import PB_TO_STATUS, utcnow, with_graph, workflo
 from services.scheduler.storage_client import ObjectStore
 from services.scheduler.watch import watch as watch_stream
 
+if TYPE_CHECKING:
+    from services.scheduler.execution import Reservation
+
 MAX_NAME = 200
+
+
+class Placement(Protocol):
+    """What a create needs of placement (Execution): a pass for what it leaves waiting, or a
+    slot for it at once."""
+
+    def kick(self) -> None: ...
+
+    def reserve_new(self, row: WorkflowRow) -> Reservation | None: ...
+
+    async def dispatch(self, reservation: Reservation, change: Change | None) -> None: ...
 
 
 def status_event() -> workflow_pb2.WorkflowEvent:
@@ -71,7 +86,7 @@ class Workflows:
         hub: EventHub,
         fleet: Fleet,
         *,
-        kick: Callable[[], None],
+        placement: Placement,
         finished: Callable[[WorkflowRow], None],
         storage: ObjectStore | None = None,
         limits: Limits | None = None,
@@ -82,7 +97,7 @@ class Workflows:
         self.identity = identity
         self.hub = hub
         self.fleet = fleet
-        self.kick = kick
+        self.placement = placement
         self.finished = finished
 
     async def create(
@@ -148,15 +163,42 @@ class Workflows:
             created_at=now,
             updated_at=now,
         )
+        # The commit and what follows it (publish, and a kick or the assignment's dispatch)
+        # finish even if the caller is cancelled: a committed workflow is never left
+        # unannounced, nor holding a slot it was not sent to.
+        insert = asyncio.ensure_future(self._insert(row, claim, max_open))
         try:
-            change = await self.store.create(row, claim, max_open=max_open)
+            change = await asyncio.shield(insert)
+        except asyncio.CancelledError:
+            self.store.db.adopt(insert)
+            raise
         except OpenLimitReached as err:
             raise over("concurrent_workflows", max_open or 0, err.used) from None
         if change.replayed is not None:  # the same request raced this one and won
             return change.replayed
-        self.hub.publish(change.events)
-        self.kick()
         return with_graph(change.events[0].status.workflow, row.workflow_json)  # the event's, made once
+
+    async def _insert(self, row: WorkflowRow, claim: Claim | None, max_open: int | None) -> Change:
+        """Commits the new workflow, placed at once when a runner can take it (`reserve_new`),
+        and publishes its events."""
+        reservation = self.placement.reserve_new(row)
+        try:
+            change = await self.store.create(row, claim, max_open=max_open,
+                                             then=reservation.assign if reservation is not None else None)
+        except BaseException:
+            if reservation is not None:
+                await self.placement.dispatch(reservation, None)
+            raise
+        if change.replayed is not None:
+            if reservation is not None:
+                await self.placement.dispatch(reservation, None)
+            return change
+        self.hub.publish(change.events)
+        if reservation is None:
+            self.placement.kick()
+        else:
+            await self.placement.dispatch(reservation, change)
+        return change
 
     async def rerun(self, user: UserRow, req: workflow_service_pb2.RerunWorkflowRequest) -> workflow_pb2.Workflow:
         """A new workflow from `req.id`: same name, tags, graph; `req.inputs` replace stored fields."""

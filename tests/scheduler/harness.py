@@ -80,6 +80,8 @@ class Scheduler:
     channel: grpc.aio.Channel
     # The scheduler-side runner lifecycle (disable, drain, delete) the runner API calls.
     execution: Execution | None = None
+    # The workflow operations behind WorkflowService (to call them as the servicer does).
+    ops: Workflows | None = None
     _runners: list[FakeRunner] = field(default_factory=list)
 
     @property
@@ -134,7 +136,7 @@ async def running_scheduler(tmp: Path, database_url: str | None = None) -> Async
     storage = StorageClient(settings.storage_address)
     sweeper = InputSweeper(storage)
     execution = Execution(settings, store, hub, fleet, finished=sweeper.finished)
-    workflows = Workflows(store, identity, hub, fleet, kick=execution.kick, finished=sweeper.finished,
+    workflows = Workflows(store, identity, hub, fleet, placement=execution, finished=sweeper.finished,
                           storage=storage)
     sessions = RunnerSessionServicer(settings, identity, store, fleet, execution)
     await sessions.expire_orphans_after_start()
@@ -160,6 +162,7 @@ async def running_scheduler(tmp: Path, database_url: str | None = None) -> Async
         runner_token=(tmp / "runner-token").read_text().strip(),
         channel=channel,
         execution=execution,
+        ops=workflows,
     )
     try:
         yield scheduler

@@ -1,6 +1,7 @@
 """When a placement pass reads the queue: a freed slot reads it only if something may be waiting
 (the last pass left work behind, or work was kicked since); otherwise one workflow at a time
-would cost a read of an empty queue per completion."""
+would cost a read of an empty queue per completion. A create that finds nothing waiting and a
+slot free is placed by its own transaction (tests/scheduler/test_place_on_create.py): no pass."""
 
 from __future__ import annotations
 
@@ -48,8 +49,9 @@ async def test_a_freed_slot_does_not_read_a_queue_the_last_pass_emptied(schedule
         assert (await box.assignment()).workflow_id == workflow.id
         await finish(scheduler, box, workflow.id)
         await asyncio.sleep(0.2)  # the pass a freed slot would run
-    # each create's pass read its workflow; no completion read the (empty) queue
-    assert reads == [1, 1, 1]
+    # nothing waited and the slot was free: each workflow was placed by its own create (no
+    # pass, no read), and no completion read the (empty) queue
+    assert reads == []
 
 
 async def test_a_freed_slot_reads_the_queue_when_work_was_left_waiting(scheduler: Scheduler) -> None:
@@ -65,9 +67,10 @@ async def test_a_freed_slot_reads_the_queue_when_work_was_left_waiting(scheduler
     assert (await box.assignment()).workflow_id == second.id
     await finish(scheduler, box, second.id)
     await asyncio.sleep(0.2)
-    # first's pass; second's pass (nothing free: no read); first's slot freed: read, placed
-    # second, and that emptied the queue: second's slot freed reads nothing
-    assert reads == [1, 1]
+    # first placed by its create (no pass); second's pass (nothing free: no read); first's
+    # slot freed: read, placed second, and that emptied the queue: second's slot freed reads
+    # nothing
+    assert reads == [1]
 
 
 async def test_a_freed_slot_reads_the_queue_when_the_last_pass_left_work_unplaced(scheduler: Scheduler) -> None:
@@ -85,5 +88,6 @@ async def test_a_freed_slot_reads_the_queue_when_the_last_pass_left_work_unplace
     await box.nothing_for(0.3)
     await finish(scheduler, box, first.id)
     await asyncio.sleep(0.2)
-    # a pass per create (the last read its workflow and left it); first's slot freed: read again
-    assert reads == [1, 1, 1, 1]
+    # held and first placed by their creates; the last one's pass read it and left it; first's
+    # slot freed: read again
+    assert reads == [1, 1]

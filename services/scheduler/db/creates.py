@@ -60,13 +60,16 @@ class OpenLimitReached(Exception):
 
 @dataclass
 class CreateRequest:
-    """One queued create: the row, its first event (seq 1), its key, the user's open limit.
-    The outcome is None (created) or the replayed answer of an earlier create with the key."""
+    """One queued create: the row, its first event (seq 1), its key, the user's open limit,
+    and the events that follow the first in the same commit (an assignment made with the
+    create: Workflows.create). The outcome is None (created) or the replayed answer of an
+    earlier create with the key."""
 
     row: WorkflowRow
     event: workflow_pb2.WorkflowEvent
     claim: Claim | None = None
     max_open: int | None = None
+    more: Sequence[workflow_pb2.WorkflowEvent] = ()
 
     def __call__(self, conn: Connection) -> workflow_pb2.Workflow | None:
         """Alone, in a transaction of its own."""
@@ -125,15 +128,16 @@ def apply_creates(conn: Connection, requests: Sequence[CreateRequest]) -> list[t
             keys[(row.user_id, claim.key)] = (claim.fingerprint, response)
             claims.append({"user_id": row.user_id, "key": claim.key, "fingerprint": claim.fingerprint,
                            "workflow_id": row.id, "response": response, "created_at": row.created_at})
-        events_by_user.setdefault(row.user_id, []).append(request.event)
+        events_by_user.setdefault(row.user_id, []).extend((request.event, *request.more))
         outcomes.append((True, None))
     if rows:
         _INSERT_WORKFLOWS.execute_many(conn, rows)
         if claims:
             _INSERT_CLAIMS.execute_many(conn, claims)
         number_events_by_user(conn, events_by_user)
-        INSERT_EVENTS.execute_many(conn, [event_row(r.event, r.row.created_at) for r, (ok, answer)
-                                          in zip(requests, outcomes, strict=True) if ok and answer is None])
+        INSERT_EVENTS.execute_many(conn, [event_row(e, r.row.created_at) for r, (ok, answer)
+                                          in zip(requests, outcomes, strict=True) if ok and answer is None
+                                          for e in (r.event, *r.more)])
     return outcomes
 
 

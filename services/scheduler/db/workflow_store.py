@@ -55,12 +55,15 @@ class WorkflowStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def create(self, row: WorkflowRow, claim: Claim | None = None, *, max_open: int | None = None
-                     ) -> Change:
+    async def create(self, row: WorkflowRow, claim: Claim | None = None, *, max_open: int | None = None,
+                     then: Mutation | None = None) -> Change:
         """Inserts a new workflow with its first event (status accepted), and records the
         Idempotency-Key claim with the answer; or replays the answer of an earlier claim.
         `max_open`: OpenLimitReached if the user already has that many unfinished workflows
-        (counted in the same transaction).
+        (counted in the same transaction). `then`: a change of the new row committed with it
+        (the assignment of a workflow placed as it is created): it mutates the row after the
+        first event is made (the answer and the claim are the row as accepted) and names the
+        events that follow it.
 
         Group commit (`Database.submit`): concurrent creates share one transaction, each with
         its own answer or error (db/creates.py). Answered only after the commit."""
@@ -69,11 +72,17 @@ class WorkflowStore:
             workflow_id=row.id, seq=1, status=workflow_pb2.StatusEvent(workflow=workflow_pb(row, graph=False))
         )
         set_time(event.time, row.created_at)
+        more = then(row, []) if then is not None else []
+        for e in more:
+            row.last_seq += 1
+            e.workflow_id = row.id
+            e.seq = row.last_seq
+            set_time(e.time, row.created_at)
 
-        replayed = await self.db.submit(CreateRequest(row, event, claim, max_open))
+        replayed = await self.db.submit(CreateRequest(row, event, claim, max_open, more))
         if replayed is not None:
             return Change(row, [], replayed)
-        return Change(row, [event])
+        return Change(row, [event, *more])
 
     @runs_to_completion
     async def replay(self, user_id: str, claim: Claim) -> workflow_pb2.Workflow | None:
