@@ -4,6 +4,12 @@ When profiling is on (`python -m bench.run --profile`, or BENCH_PROFILE=1), reco
 with py-spy while the block runs and writes under bench/profiles/: `<tag>-<proc>.txt`
 (collapsed stacks: open in speedscope or flamegraph.pl) and `<tag>-<proc>.top.txt` (the
 frames with the largest share of samples, inclusive and self). Off, it does nothing.
+
+Where Linux `perf` is installed, each pid is also sampled by it (on CPU only, every thread,
+native code and the kernel included): `<tag>-<proc>.native.txt` gives the CPU's shares by
+shared object (the interpreter running Python code, grpc's C core, SQLite, protobuf, the
+kernel) and the top symbols. py-spy sees Python frames but not where C code spends; perf
+sees that, and how much of a process's CPU is the kernel's (system calls, context switches).
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,12 +48,20 @@ def profiled(pids: dict[str, int], tag: str, *, rate: int = 100) -> Iterator[Non
         yield
         return
     PROFILES.mkdir(exist_ok=True)
+    perf = shutil.which("perf")
+    scratch = Path(tempfile.mkdtemp(prefix="comfyfleet-perf-"))
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     for name, pid in pids.items():
         out = PROFILES / f"{tag}-{name}.txt"
-        procs.append((name, subprocess.Popen(
+        procs.append((f"py-spy for {name}", subprocess.Popen(
             [spy, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw", "--output", str(out),
              "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+        if perf is not None:
+            procs.append((f"perf for {name}", subprocess.Popen(
+                [perf, "record", "-F", "999", "-p", str(pid), "-o", str(scratch / f"{name}.data")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+    if perf is not None:
+        time.sleep(0.5)  # perf attaches to every thread of the pid before it samples
     try:
         yield
     finally:
@@ -57,12 +73,27 @@ def profiled(pids: dict[str, int], tag: str, *, rate: int = 100) -> Iterator[Non
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-                log(f"py-spy for {what} did not stop")
+                log(f"{what} did not stop")
         for name in pids:
             raw = PROFILES / f"{tag}-{name}.txt"
             if raw.exists():
                 (PROFILES / f"{tag}-{name}.top.txt").write_text(top_frames(raw))
+            data = scratch / f"{name}.data"
+            if perf is not None and data.exists():
+                (PROFILES / f"{tag}-{name}.native.txt").write_text(native_shares(perf, data))
+        shutil.rmtree(scratch, ignore_errors=True)
         log(f"profiles written to {PROFILES}/{tag}-*")
+
+
+def native_shares(perf: str, data: Path, limit: int = 25) -> str:
+    """perf's CPU samples of one process: the shares by shared object, then by symbol."""
+    sections = []
+    for key, title in (("dso", "CPU share by shared object"), ("sym", f"top {limit} symbols")):
+        report = subprocess.run([perf, "report", "-i", str(data), "--sort", key, "--stdio"],
+                                capture_output=True, text=True, timeout=120, check=False).stdout
+        rows = [line.rstrip() for line in report.splitlines() if line.strip() and not line.startswith("#")]
+        sections.append(f"{title}:\n" + "\n".join(rows[:limit]))
+    return "\n\n".join(sections) + "\n"
 
 
 def top_frames(collapsed: Path, limit: int = 40) -> str:
