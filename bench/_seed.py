@@ -4,7 +4,8 @@ Rows follow the scheduler's own schema (read from the database the scheduler mig
 `workflows` row plus its first `workflow_events` row (seq 1, a status event) each, the way
 WorkflowStore.create writes them; a million rows go in with executemany in one transaction.
 The scheduler keeps no cache of workflows, so it sees them on its next query; placement
-runs only when something kicks it (a create through the API, a runner connecting).
+runs only when something kicks it (a runner connecting or set active; not a create that a
+free slot takes at once, which the scheduler does when it believes nothing waits).
 """
 
 from __future__ import annotations

@@ -2,9 +2,12 @@
 
 Each runner drives its own ComfyUI double (all doubles in one process, no node delay: they
 complete as fast as they can run EmptyImage -> ImageInvert -> SaveImage on 8x8). Runners
-connect first (1, then 10, in the same suite); then the backlog (all but one workflow) is written straight into the
-scheduler's database (bench._seed), and the last one is created through the API, which
-kicks placement: the clock starts there. Completion is read from the database every 50 ms.
+connect first (1, then 10, in the same suite); then the backlog is written straight into the
+scheduler's database (bench._seed), behind its back, and a runner is set active through the
+API (PUT /v1/runner/{id}, status active), which kicks placement: the clock starts there. (A
+create through the API no longer kicks a scheduler that believes nothing waits: with a slot
+free it is placed by its own transaction, ahead of rows it never heard of.) Completion is
+read from the database every 50 ms.
 Every workflow goes the whole way: assignment, upload, /prompt, websocket, output copied to
 storage, completed.
 
@@ -28,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from bench._common import INVERT, CpuMeter, Fleet, create_body, dev_user_id, figure, log
+from bench._common import INVERT, CpuMeter, Fleet, dev_user_id, figure, log
 from bench._floors import measure as measure_floors
 from bench._profile import profiled
 from bench._seed import count_by_status, seed
@@ -38,12 +41,15 @@ TERMINAL = ("completed", "failed", "cancelled", "invalid")
 
 
 def drain(fleet: Fleet, runners: int, backlog: int, *, profile: bool, timeout: float) -> dict[str, Any]:
-    """Seeds `backlog - 1` workflows, creates one through the API (the kick), waits until all finish."""
+    """Seeds `backlog` workflows, kicks placement through the runner API, waits until all finish."""
+    headers = {"Authorization": f"Bearer {fleet.token}"}
+    listed = httpx.get(f"{fleet.url}/v1/runner", params={"per_page": 100}, headers=headers, timeout=30)
+    assert listed.status_code == 200, listed.text
+    kick = next(r["id"] for r in listed.json()["runners"] if r["connection"] == "online")
     with contextlib.closing(sqlite3.connect(fleet.db_path, timeout=30)) as db:
         query = f"SELECT count(*) FROM workflows WHERE status IN ({', '.join('?' * len(TERMINAL))})"
         before = int(db.execute(query, TERMINAL).fetchone()[0])
-        seed(fleet.db_path, dev_user_id(fleet.db_path), backlog - 1, status="accepted", workflow=INVERT, inputs=[])
-        body, content_type = create_body(INVERT, text=False)
+        seed(fleet.db_path, dev_user_id(fleet.db_path), backlog, status="accepted", workflow=INVERT, inputs=[])
         pids = {name: fleet.pid(name) for name in ("scheduler", "storage", "runner-0")} if profile else {}
         log(f"throughput: {runners} runner(s) x {SLOTS} slots, backlog {backlog}")
         meter = CpuMeter({name: fleet.pid(name) for name in
@@ -51,9 +57,8 @@ def drain(fleet: Fleet, runners: int, backlog: int, *, profile: bool, timeout: f
         with profiled(pids, f"throughput-{runners}"):
             meter.start()
             start = time.perf_counter()
-            reply = httpx.post(f"{fleet.url}/v1/workflow", content=body, timeout=30,
-                               headers={"Authorization": f"Bearer {fleet.token}", "Content-Type": content_type})
-            assert reply.status_code == 201, reply.text
+            reply = httpx.put(f"{fleet.url}/v1/runner/{kick}", json={"status": "active"}, headers=headers, timeout=30)
+            assert reply.status_code == 200, reply.text
             marks: list[tuple[float, int]] = []
             done = 0
             while done < backlog and time.perf_counter() - start < timeout:
