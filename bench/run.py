@@ -129,7 +129,8 @@ def main() -> None:
     Path(args.output).write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(table(results))
     print(f"\n{len(results)} benchmark(s) in {report['duration_s']} s; details in {args.output}")
-    if results and all(r.get("error") for r in results.values()):
+    if failed := [name for name, r in results.items() if r.get("error")]:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
         sys.exit(1)
 
 
