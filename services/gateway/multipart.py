@@ -269,7 +269,7 @@ def whole_body_events(body: bytes, boundary: bytes) -> list[_Event] | None:
     events: list[_Event] = []
     for part in parts:
         head, blank, data = part.partition(b"\r\n\r\n")
-        if not blank or not head or b"\n" in head.replace(b"\r\n", b"") or b"\r" in head.replace(b"\r\n", b""):
+        if not blank or b"\n" in head.replace(b"\r\n", b"") or b"\r" in head.replace(b"\r\n", b""):
             return None
         lines = head.split(b"\r\n")
         if len(lines) > _MAX_HEADERS:

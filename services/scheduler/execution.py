@@ -7,7 +7,9 @@ the reservation is released and the row put back. No lock is held across network
 Which workflows a pass considers comes from `PendingQueue` (bounded, fair across users);
 their order of service and the runner each gets come from the pure core (`core.placement`),
 given when each user was last served, so that passes freeing one slot at a time still take
-turns between users.
+turns between users. A create that finds nothing waiting and a slot free needs no pass: its
+own transaction makes the assignment (`reserve_new`, then `dispatch`). What a runner event
+does to a row is in runner_events.py.
 
 `queue_number` is the position in the runner's ComfyUI queue, as API.md defines it: the
 runner reports it (`queued` events) and every change is published. A workflow still waiting
@@ -36,7 +38,7 @@ from comfyfleet.runner.v1 import runner_event_pb2
 from comfyfleet.runner.v1 import runner_session_service_pb2 as session_pb2
 from comfyfleet.scheduler.v1 import workflow_pb2
 from comfyfleet.storage.v1 import object_pb2
-from google.protobuf.json_format import MessageToDict, ParseDict
+from google.protobuf.json_format import ParseDict
 
 from services.scheduler.config import Settings
 from services.scheduler.core import placeholders
@@ -50,7 +52,8 @@ from services.scheduler.db.workflow_store import Change, WorkflowStore
 from services.scheduler.errors import IllegalTransition, WorkflowNotFound
 from services.scheduler.fleet import Fleet, Session
 from services.scheduler.hub import EventHub
-from services.scheduler.records import output_pb, utcnow
+from services.scheduler.records import utcnow
+from services.scheduler.runner_events import apply_runner_event
 from services.scheduler.workflows import log_event, status_event, stored_fields
 
 log = logging.getLogger(__name__)
@@ -309,7 +312,7 @@ class Execution:
             if event.runner_seq <= r.last_runner_seq or Status(r.status).terminal:
                 raise _Skip  # a repeat after a reconnect, or already finished
             r.last_runner_seq = event.runner_seq
-            return _apply(r, event, outputs)
+            return apply_runner_event(r, event, outputs)
 
         queued = self.store.change_later(event.workflow_id, mutate, new_outputs=new_outputs)
         return asyncio.ensure_future(self._event_applied(session, event, queued))
@@ -410,59 +413,3 @@ class Execution:
         count = await self.requeue(runner_id, why="runner deleted", counts=False)
         self.fleet.forget(runner_id)
         return count
-
-
-def _apply(
-    r: WorkflowRow, event: runner_event_pb2.RunnerEvent, outputs: list[OutputRow]
-) -> list[workflow_pb2.WorkflowEvent]:
-    """How one runner event changes the row, and the events that say so."""
-    kind = event.WhichOneof("kind")
-    status = Status(r.status)
-    now = utcnow()
-    if kind == "uploaded":
-        r.status = transition(status, Status.UPLOADED).value
-        return [status_event()]
-    if kind == "queued":
-        q = event.queued
-        if status is Status.QUEUED and r.queue_number == q.queue_number:
-            return []
-        r.status = transition(status, Status.QUEUED).value
-        r.prompt_id = q.prompt_id or r.prompt_id
-        r.queue_number = q.queue_number
-        return [status_event()]
-    if kind == "running":
-        r.status = transition(status, Status.RUNNING).value
-        r.prompt_id = event.running.prompt_id or r.prompt_id
-        r.queue_number = None
-        r.started_at = r.started_at or now
-        return [status_event()]
-    if kind == "executing":
-        e = event.executing
-        executing = workflow_pb2.ExecutingEvent(node_id=e.node_id, node_type=e.node_type)
-        return [workflow_pb2.WorkflowEvent(executing=executing)]
-    if kind == "progress":
-        p = event.progress
-        return [workflow_pb2.WorkflowEvent(progress=workflow_pb2.ProgressEvent(
-            node_id=p.node_id, node_type=p.node_type, value=p.value, max=p.max))]
-    if kind == "output_stored":
-        stored = next(o for o in outputs if o.object_key == event.output_stored.object.key)
-        return [workflow_pb2.WorkflowEvent(output=workflow_pb2.OutputEvent(output=output_pb(stored)))]
-    if kind == "log":
-        return [log_event(event.log.message, event.log.level)]
-    if kind == "completed":
-        r.status = transition(status, Status.COMPLETED).value
-    elif kind == "failed":
-        r.status = transition(status, Status.FAILED).value
-        r.failure_json = json.dumps(MessageToDict(event.failed.failure, preserving_proto_field_name=True))
-    elif kind == "invalid":
-        r.status = transition(status, Status.INVALID).value
-        r.node_errors_json = json.dumps([MessageToDict(e, preserving_proto_field_name=True)
-                                         for e in event.invalid.node_errors])
-        r.failure_json = json.dumps({"exception_type": "ValidationError", "exception_message": event.invalid.message})
-    elif kind == "cancelled":
-        r.status = transition(status, Status.CANCELLED).value
-    else:
-        return []
-    r.queue_number = None
-    r.completed_at = now
-    return [status_event()]

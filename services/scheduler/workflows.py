@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 MAX_NAME = 200
 
 
-class Placement(Protocol):
+class Placer(Protocol):
     """What a create needs of placement (Execution): a pass for what it leaves waiting, or a
     slot for it at once."""
 
@@ -86,7 +86,7 @@ class Workflows:
         hub: EventHub,
         fleet: Fleet,
         *,
-        placement: Placement,
+        placement: Placer,
         finished: Callable[[WorkflowRow], None],
         storage: ObjectStore | None = None,
         limits: Limits | None = None,

@@ -115,6 +115,7 @@ def test_a_plain_form_is_split_without_the_parser() -> None:
 
 @pytest.mark.parametrize("body", [
     b"preamble\r\n" + build([([b'Content-Disposition: form-data; name="a"'], b"1")]),  # a preamble
+    b"x" * (len(BOUNDARY) + 4) + build([([b'Content-Disposition: form-data; name="a"'], b"1")])[len(BOUNDARY) + 4:],
     build([([b'Content-Disposition: form-data; name="a"'], b"1")], closing=b"\r\nafter"),  # an epilogue
     build([([b'Content-Disposition: form-data; name="a"'], b"x\r\n--" + BOUNDARY + b"--\r\n")]),  # closed twice
     build([([b'Content-Disposition: form-data; name="a"'], b"1")])[:-3],  # cut short
