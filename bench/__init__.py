@@ -23,3 +23,7 @@ The machine is shared and noisy: every figure is a ratio against a baseline meas
 same run, or a median with its min and max. To judge a change, `python -m bench.compare REV`
 runs this tree and commit REV side by side, run by run (bench/compare.py).
 """
+
+# Before any benchmark imports grpc: the load generators, the floors and the suite then use
+# one gRPC transport, the one services/__init__.py chooses.
+import services  # noqa: E402, F401

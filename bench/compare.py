@@ -36,6 +36,7 @@ from typing import Any
 
 import aiohttp
 
+import services
 from bench._common import CpuMeter, Fleet, log, percentile
 from bench.overhead import direct, through_suite
 
@@ -78,6 +79,8 @@ def other_tree(rev: str) -> Iterator[Path]:
 @contextmanager
 def held_fleet(tree: Path) -> Iterator[dict[str, Any]]:
     env = {**os.environ, "PYTHONPATH": str(tree)}
+    if not services.GRPC_EXPERIMENTS_GIVEN:
+        del env["GRPC_EXPERIMENTS"]  # set by this tree's services package: the other tree chooses its own
     proc = subprocess.Popen([sys.executable, "-c", _HOLD], cwd=tree, env=env, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
     try:
