@@ -43,7 +43,7 @@ def main() -> None:
         loop="auto",  # uvloop when installed (requirements.txt), else asyncio
         http="auto",  # httptools when installed (requirements.txt), else h11
         log_config=None,
-        access_log=False,  # request_id.py logs each request, with its request id
+        access_log=False,  # edge.py logs each request, with its request id
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         backlog=BACKLOG,
         ssl_certfile=settings.https_cert_file or None,  # HTTPS when both are set

@@ -29,12 +29,12 @@ from services.gateway import (
 from services.gateway.config import GatewaySettings
 from services.gateway.context import Gateway
 from services.gateway.dashboard import DashboardRoute
-from services.gateway.errors import ErrorBodyMiddleware, handle_domain_error, handle_http_exception
+from services.gateway.edge import EdgeMiddleware
+from services.gateway.errors import handle_domain_error, handle_http_exception
 from services.gateway.feeds import Feeds
-from services.gateway.metrics import Metrics, MetricsMiddleware, metrics_route
+from services.gateway.metrics import Metrics, metrics_route
 from services.gateway.openapi import openapi_route
-from services.gateway.rate_limit import RateLimiter, RateLimitMiddleware
-from services.gateway.request_id import RequestIdMiddleware
+from services.gateway.rate_limit import RateLimiter
 from services.gateway.scheduler_client import GrpcScheduler
 from services.gateway.storage_client import GrpcStorage
 
@@ -42,15 +42,19 @@ CHANNEL_CLOSE_GRACE_SECONDS = 1.0
 
 SUBSCRIBE = Route("/v1/workflow/{id}/subscribe", subscribe_routes.subscribe, methods=["GET"])
 EVENTS = Route("/v1/events", events_routes.events, methods=["GET"])
+# Starlette's router tries the routes in this order (~2.6 us each on the bench machine), so
+# the busiest come first: creates, polls of one workflow, downloads. No two routes match the
+# same method and path, so the order changes nothing else; the dashboard's catch-all stays last.
 ROUTES = [
+    Route("/v1/workflow", workflow_routes.create_workflow, methods=["POST"]),
+    Route("/v1/workflow/{id}", workflow_routes.get_workflow, methods=["GET"]),
+    Route("/v1/objects/{key:path}", object_routes.download_object, methods=["GET"]),
+    Route("/v1/workflow", workflow_routes.list_workflows, methods=["GET"]),
     Route("/healthz", health_routes.healthz, methods=["GET"]),
     Route("/readyz", health_routes.readyz, methods=["GET"]),
     Route("/metrics", metrics_route, methods=["GET"]),
     Route("/openapi.json", openapi_route, methods=["GET"]),
     Route("/v1/user", user_routes.get_user, methods=["GET"]),
-    Route("/v1/workflow", workflow_routes.create_workflow, methods=["POST"]),
-    Route("/v1/workflow", workflow_routes.list_workflows, methods=["GET"]),
-    Route("/v1/workflow/{id}", workflow_routes.get_workflow, methods=["GET"]),
     Route("/v1/workflow/{id}", workflow_routes.delete_workflow, methods=["DELETE"]),
     Route("/v1/workflow/{id}/rerun", workflow_routes.rerun_workflow, methods=["POST"]),
     Route("/v1/workflow/{id}/cancel", workflow_routes.cancel_workflow, methods=["POST"]),
@@ -78,7 +82,6 @@ ROUTES = [
     Route("/v1/webhook/{id}/deliveries/{delivery_id}/redeliver", webhook_routes.redeliver, methods=["POST"]),
     Route("/v1/webhook-secret", webhook_routes.workflow_secret, methods=["GET"]),
     Route("/v1/workflow/{id}/webhook-deliveries", webhook_routes.workflow_deliveries, methods=["GET"]),
-    Route("/v1/objects/{key:path}", object_routes.download_object, methods=["GET"]),
     DashboardRoute(),  # GET / and the dashboard's static files (services/gateway/dashboard)
 ]
 
@@ -114,13 +117,8 @@ def create_app(settings: GatewaySettings) -> Starlette:
     app = GatewayApp(
         routes=ROUTES,
         lifespan=lifespan,
-        middleware=[
-            Middleware(RequestIdMiddleware),  # outermost: the id and access line cover everything
-            Middleware(MetricsMiddleware, metrics=metrics, routes=ROUTES),
-            Middleware(ErrorBodyMiddleware),
-            Middleware(RateLimitMiddleware, limit=settings.rate_limit_requests,
-                       window_seconds=settings.rate_limit_window_seconds, limiter=limiter),
-        ],
+        # request id, metrics, rate limit, last-resort 500 and access line, in one layer
+        middleware=[Middleware(EdgeMiddleware, metrics=metrics, routes=ROUTES, limiter=limiter)],
         exception_handlers={ComfyfleetError: handle_domain_error, HTTPException: handle_http_exception},
     )
     app.state.metrics = metrics
@@ -136,7 +134,7 @@ class GatewayApp(Starlette):
     metrics' route names."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] == "http" and scope["method"] in _BARE_METHODS and scope["path"].endswith(_BARE_ENDINGS):
             for route in BARE_ROUTES:
                 match, child = route.matches(scope)
                 if match is Match.FULL:
@@ -148,3 +146,6 @@ class GatewayApp(Starlette):
 
 
 BARE_ROUTES = [SUBSCRIBE, EVENTS]  # GET and HEAD
+# What a request must have to be for one of BARE_ROUTES, checked before matching them in full
+_BARE_METHODS = frozenset({"GET", "HEAD"})
+_BARE_ENDINGS = ("/subscribe", "/v1/events")

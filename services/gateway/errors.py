@@ -12,14 +12,13 @@ Every error response has the shape of API.md:
             └── OutcomeUnknown     503; the call may have taken effect (deadline passed)
         anything else     500, logged, message hidden
     starlette HTTPException (unknown route, wrong method) -> its status, same body
-    any other exception -> 500, same body, logged (ErrorBodyMiddleware)
+    any other exception -> 500, same body, logged (the gateway's edge, edge.py)
 
 InvalidSettings is raised at start-up only, for a bad GATEWAY_* variable.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -27,7 +26,6 @@ import grpc
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.errors import (
     ComfyfleetError,
@@ -138,47 +136,9 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     )
 
 
-class ErrorBodyMiddleware:
-    """Turns an unexpected exception into a logged 500 with the public error body.
-
-    After a response has started (a stream), the exception is logged and the response is
-    left to end: the client sees a truncated body, never a second status line.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        except Exception:
-            log.exception("unexpected error in %s %s", scope.get("method"), scope.get("path"))
-            if started:
-                return
-            body = json.dumps(error_body(500, "internal error", "INTERNAL")).encode()
-            await send({
-                "type": "http.response.start",
-                "status": 500,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-            })
-            await send({"type": "http.response.body", "body": body})
-
-
 __all__ = [
     "ComfyfleetError",
     "Conflict",
-    "ErrorBodyMiddleware",
     "InvalidArgument",
     "InvalidSettings",
     "NotFound",

@@ -1,7 +1,7 @@
 """Rate limit per token: at most `limit` requests in any `window` seconds (a sliding log).
 
-`RateLimiter` is the pure part (the clock is passed in); `RateLimitMiddleware` applies it to
-the /v1 API, keyed by the Authorization header's token (or the client address when there is
+`RateLimiter` is the pure part (the clock is passed in); the gateway's edge (edge.py) applies
+it to the /v1 API (`rate_limited`), keyed by the Authorization header's token (or the client address when there is
 none), and answers 429 with `Retry-After` (whole seconds until a slot frees) and the public
 error body. Refused requests do not count. Each gateway copy counts its own requests: with N
 copies behind a balancer a token gets up to N times the limit, which is the trade for keeping
@@ -13,11 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import time
 from collections import deque
-from collections.abc import Callable
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Scope
 
 from services.gateway.errors import error_body
 
@@ -59,26 +57,9 @@ def _key(scope: Scope) -> str:
     return f"address:{client[0] if client else ''}"
 
 
-class RateLimitMiddleware:
-    def __init__(self, app: ASGIApp, *, limit: int, window_seconds: float,
-                 clock: Callable[[], float] = time.monotonic, limiter: RateLimiter | None = None) -> None:
-        self.app = app
-        # `limiter`: one shared with the SSE route answered before the middleware (subscribe_routes.py)
-        self.limiter = limiter or (RateLimiter(limit, window_seconds) if limit > 0 else None)
-        self.clock = clock
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if (self.limiter is None or scope["type"] != "http" or not path.startswith("/v1/")
-                or path.startswith(EXEMPT_PREFIXES)):
-            await self.app(scope, receive, send)
-            return
-        refused = refusal(self.limiter, scope, self.clock())
-        if refused is None:
-            await self.app(scope, receive, send)
-            return
-        for message in refused:
-            await send(message)
+def rate_limited(path: str) -> bool:
+    """Whether requests to `path` count against the limit: the /v1 API, downloads excepted."""
+    return path.startswith("/v1/") and not path.startswith(EXEMPT_PREFIXES)
 
 
 def refusal(limiter: RateLimiter, scope: Scope, now: float) -> tuple[Message, Message] | None:

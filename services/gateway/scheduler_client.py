@@ -82,7 +82,7 @@ class Scheduler(Protocol):
 
 
 def _metadata(auth: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", auth), *outgoing_metadata())  # + x-request-id (request_id.py)
+    return (("authorization", auth), *outgoing_metadata())  # + x-request-id (edge.py)
 
 
 class GrpcWatch:

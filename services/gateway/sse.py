@@ -8,9 +8,9 @@ Frames use `\n` line endings (the SSE spec accepts `\n`, `\r\n` and `\r`):
 
 Thousands of SSE streams stay open at once (GET /v1/workflow/{id}/subscribe, GET /v1/events),
 so their routes are bare ASGI apps that the gateway answers before Starlette's middleware
-(`GatewayApp` in app.py). `EventStream` does itself what that middleware does for the other
-routes, once per request: the request id and the access line (request_id.py), the metrics
-(metrics.py), the rate limit (rate_limit.py) and the error body (errors.py). The route gives
+(`GatewayApp` in app.py). `EventStream` does itself what that middleware (edge.py) does for
+the other routes, once per request, with the same `edge.Reply`: the request id and the access
+line, the metrics, the rate limit and the error body. The route gives
 only its `Subscribe` function: the checks, the bytes to send first, and the `Subscription`
 (feeds.py) whose frames follow. An open stream then holds one coroutine chain, a task that
 waits for the client's disconnect, and the subscription; it writes each batch of frames with
@@ -29,13 +29,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
-from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from services.common import logs
-from services.common.grpc_telemetry import usable_request_id
+from services.gateway.edge import Reply
 from services.gateway.errors import ComfyfleetError, error_body, error_response
 from services.gateway.feeds import IDLE, Subscription
 from services.gateway.metrics import Metrics
@@ -43,7 +42,6 @@ from services.gateway.rate_limit import RateLimiter, refusal
 from services.gateway.workflow_form import invalid_field
 
 log = logging.getLogger(__name__)
-access = logging.getLogger("services.gateway.access")  # the access line, as request_id.py writes it
 
 RETRY_MILLISECONDS = 3000
 _HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-store"),
@@ -51,7 +49,6 @@ _HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-con
 
 _INT64_MAX = 2**63 - 1
 _DIGITS = re.compile(r"[0-9]{1,19}")
-_REQUEST_ID = "x-request-id"
 
 T = TypeVar("T")
 
@@ -125,10 +122,8 @@ class EventStream:
         self.subscribe = subscribe
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
         metrics: Metrics = scope["app"].state.metrics
-        reply = _Reply(send, usable_request_id(Headers(scope=scope).get(_REQUEST_ID)), metrics,
-                       (scope["method"], self.route), started)
+        reply = Reply(scope, send, metrics, route=self.route)
         metrics.sse_subscribers.inc()
         bound = logs.request_id.set(reply.request_id)  # as logs.log_context does, without its generator
         try:
@@ -138,35 +133,10 @@ class EventStream:
         finally:
             logs.request_id.reset(bound)
             metrics.sse_subscribers.dec()
-            access.info('%s %s %d %.1f ms', scope["method"], scope["path"], reply.status,
-                        (time.perf_counter() - started) * 1000)
+            reply.access_line()
 
 
-class _Reply:
-    """The response's start (with the request id, counted in the metrics), then raw `send`."""
-
-    __slots__ = ("labels", "metrics", "request_id", "send", "started", "status")
-
-    def __init__(self, send: Send, request_id: str, metrics: Metrics, labels: tuple[str, str],
-                 started: float) -> None:
-        self.send = send
-        self.request_id = request_id
-        self.metrics = metrics
-        self.labels = labels  # method, route
-        self.started = started
-        self.status = 500  # unless a response starts
-
-    async def send_first(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            self.status = int(message["status"])
-            headers = [*message.get("headers", []), (_REQUEST_ID.encode(), self.request_id.encode("latin-1"))]
-            message = {**message, "headers": headers}
-            self.metrics.seconds.labels(*self.labels).observe(time.perf_counter() - self.started)
-            self.metrics.requests.labels(*self.labels, str(self.status)).inc()
-        await self.send(message)
-
-
-async def _open(scope: Scope, receive: Receive, reply: _Reply,
+async def _open(scope: Scope, receive: Receive, reply: Reply,
                 subscribe: Subscribe) -> tuple[Subscription, bytes] | None:
     """Answers the request up to the stream: the rate limit, the route's checks, the response's
     start; then the subscription to stream and the bytes to write first (None when all is sent)."""

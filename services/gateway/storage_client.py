@@ -111,7 +111,7 @@ class GrpcStorage:
         self._signer = UrlSigner(self._url_signing, clock=clock, wall_clock=wall_clock)
 
     async def open_upload(self, key: str, content_type: str, max_size_bytes: int) -> GrpcUpload:
-        call = self._stub.PutObject(metadata=outgoing_metadata())  # x-request-id (request_id.py)
+        call = self._stub.PutObject(metadata=outgoing_metadata())  # x-request-id (edge.py)
         upload = GrpcUpload(call)
         header = storage_service_pb2.PutObjectHeader(
             key=key, content_type=content_type, max_size_bytes=max_size_bytes

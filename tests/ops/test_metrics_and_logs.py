@@ -82,7 +82,8 @@ def run(suite: Suite, client: httpx.Client) -> dict[str, str]:
     assert created.status_code == 201, created.text
     assert created.headers["x-request-id"] == request_id
     workflow_id = created.json()["id"]
-    stream = list(frames(client, f"/v1/workflow/{workflow_id}/subscribe", {"Last-Event-ID": "0"}))
+    stream = list(frames(client, f"/v1/workflow/{workflow_id}/subscribe",
+                         {"Last-Event-ID": "0", "X-Request-ID": f"{request_id}-sse"}))
     assert stream[-1]["data"]["status"] == "completed", stream[-1]
     missing = client.get("/v1/workflow/no-such-workflow")
     assert missing.status_code == 404
@@ -166,6 +167,14 @@ def test_request_id_crosses_from_gateway_to_scheduler_logs(suite: Suite, run: di
     assert created, scheduler
     assert created[0]["workflow_id"] == run["workflow_id"]
     assert created[0]["logger"] == "services.grpc" and created[0]["level"] == "INFO"
+
+
+def test_an_sse_streams_access_line_carries_its_request_id(suite: Suite, run: dict[str, str]) -> None:
+    """SSE routes are answered before the middleware (app.py) and write their own access line."""
+    lines = [line for line in json_lines(suite.var_dir / "gateway.log")
+             if line.get("request_id") == f"{run['request_id']}-sse"]
+    assert any(line["message"].startswith(f"GET /v1/workflow/{run['workflow_id']}/subscribe 200")
+               and line["logger"] == "services.gateway.access" for line in lines), lines
 
 
 def test_gateway_generates_a_request_id_when_the_client_sends_none(suite: Suite, run: dict[str, str]) -> None:
