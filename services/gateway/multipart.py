@@ -23,6 +23,7 @@ else goes through the parser, which gives the same parts, or its own error.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Literal
@@ -73,8 +74,7 @@ class Part:
     def __init__(self, reader: MultipartReader, headers: list[tuple[str, str]]) -> None:
         self._reader = reader
         self.headers = headers
-        disposition = self.header("content-disposition")
-        kind, options = parse_options_header(disposition or "")
+        kind, options = parse_disposition(self.header("content-disposition") or "")
         if kind != b"form-data" or b"name" not in options:
             raise InvalidArgument(
                 "a multipart part has no Content-Disposition: form-data; name=...", reason=MALFORMED
@@ -285,6 +285,22 @@ def whole_body_events(body: bytes, boundary: bytes) -> list[_Event] | None:
             events.append(("data", data))
         events.append(("part_end", None))
     return events
+
+
+# The Content-Disposition clients send, parsed directly: parse_options_header, which reads every
+# other form (escapes, `;` inside quotes, filename*, an IE path), takes ~8 us a part, this ~1.
+_PLAIN_DISPOSITION = re.compile(r'form-data; name="([^"\\;]*)"(?:; filename="([^"\\;]*)")?')
+
+
+def parse_disposition(value: str) -> tuple[bytes, dict[bytes, bytes]]:
+    """A Content-Disposition value as parse_options_header reads it: its kind and parameters."""
+    plain = _PLAIN_DISPOSITION.fullmatch(value)
+    if plain is None:
+        return parse_options_header(value)
+    options = {b"name": plain[1].encode("latin-1")}
+    if plain[2] is not None:
+        options[b"filename"] = plain[2].encode("latin-1")
+    return b"form-data", options
 
 
 def _decode_param(raw: bytes) -> str:
