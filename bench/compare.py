@@ -98,7 +98,7 @@ def held_fleet(tree: Path) -> Iterator[dict[str, Any]]:
             proc.kill()
 
 
-async def alternate(this: Target, other: Target, double_base: str, runs: int) -> dict[str, list[float]]:
+async def alternate(this: Target, other: Target, double_base: str, runs: int, batch: int = 1) -> dict[str, list[float]]:
     """Seconds per run of each path; a direct run, then both trees in turn, order swapped each run."""
     samples: dict[str, list[float]] = {"direct": [], "this": [], "other": []}
     client_id = uuid.uuid4().hex
@@ -106,10 +106,10 @@ async def alternate(this: Target, other: Target, double_base: str, runs: int) ->
             session.ws_connect(f"{double_base.replace('http', 'ws')}/ws?clientId={client_id}") as ws:
         for i in range(WARMUP + runs):
             color = 3000 + i
-            took = {"direct": await direct(session, double_base, ws, client_id, color)}
+            took = {"direct": await direct(session, double_base, ws, client_id, color, batch)}
             order = [("this", this), ("other", other)]
             for name, target in order if i % 2 == 0 else reversed(order):
-                took[name] = await through_suite(session, target.url, target.token, color)
+                took[name] = await through_suite(session, target.url, target.token, color, batch)
             if i >= WARMUP:
                 for name, seconds in took.items():
                     samples[name].append(seconds)
@@ -135,6 +135,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__.split("\n")[0])
     parser.add_argument("rev", help="a commit, or the path of another checkout")
     parser.add_argument("--runs", type=int, default=120)
+    parser.add_argument("--batch", type=int, default=1, help="images each run makes (output files to copy)")
     args = parser.parse_args(argv)
     with other_tree(args.rev) as tree, held_fleet(tree) as held, Fleet(doubles=2, runners=1) as fleet:
         log(f"compare: {args.runs} runs each, this tree ({ROOT}) and {tree}, alternating")
@@ -142,9 +143,9 @@ def main(argv: list[str]) -> dict[str, Any]:
         for meter in meters.values():
             meter.start()
         samples = asyncio.run(alternate(Target(fleet.url, fleet.token), Target(held["url"], held["token"]),
-                                        f"http://127.0.0.1:{fleet.double_ports[1]}", args.runs))
+                                        f"http://127.0.0.1:{fleet.double_ports[1]}", args.runs, args.batch))
         cpu = {name: meter.stop() for name, meter in meters.items()}
-    return report(samples, cpu, args.runs)
+    return {"batch": args.batch, **report(samples, cpu, args.runs)}
 
 
 if __name__ == "__main__":

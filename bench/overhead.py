@@ -43,16 +43,18 @@ from bench._profile import profiled
 TERMINAL = {"completed", "failed", "cancelled", "invalid"}
 
 
-def graph(color: int) -> dict[str, Any]:
+def graph(color: int, batch: int = 1) -> dict[str, Any]:
+    """The trivial workflow; `batch` images (one output file each)."""
     g = json.loads(json.dumps(INVERT))
     g["1"]["inputs"]["color"] = color
+    g["1"]["inputs"]["batch_size"] = batch
     return g
 
 
 async def direct(session: aiohttp.ClientSession, base: str, ws: aiohttp.ClientWebSocketResponse, client_id: str,
-                 color: int) -> float:
+                 color: int, batch: int = 1) -> float:
     start = time.perf_counter()
-    async with session.post(f"{base}/prompt", json={"prompt": graph(color), "client_id": client_id}) as reply:
+    async with session.post(f"{base}/prompt", json={"prompt": graph(color, batch), "client_id": client_id}) as reply:
         body = await reply.json()
         assert reply.status == 200, body
     prompt_id = body["prompt_id"]
@@ -66,8 +68,8 @@ async def direct(session: aiohttp.ClientSession, base: str, ws: aiohttp.ClientWe
             return time.perf_counter() - start
 
 
-async def through_suite(session: aiohttp.ClientSession, base: str, token: str, color: int) -> float:
-    body, content_type = create_body(graph(color), text=False)
+async def through_suite(session: aiohttp.ClientSession, base: str, token: str, color: int, batch: int = 1) -> float:
+    body, content_type = create_body(graph(color, batch), text=False)
     auth = {"Authorization": f"Bearer {token}"}
     start = time.perf_counter()
     async with session.post(f"{base}/v1/workflow", data=body,

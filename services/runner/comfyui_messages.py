@@ -9,8 +9,9 @@ they arrived, and answers with `Step`s, the runner's view of that prompt:
     executing {node: null}   -> nothing (the terminal event came first)
     progress                 -> NodeProgress, at most one per node per `progress_interval_s`;
                                 a held-back tick goes out before the next step or when due
-    executed                 -> nothing; its outputs are remembered
-    execution_success        -> PromptSucceeded(every remembered output)
+    executed                 -> OutputsReady(the files it names, those not named before); they
+                                are written by then, so they can be copied while the prompt runs
+    execution_success        -> PromptSucceeded(every output named)
     execution_error          -> PromptFailed(node, exception type/message, traceback)
     execution_interrupted    -> PromptInterrupted
     anything else            -> nothing (progress_state, status, ...)
@@ -63,6 +64,11 @@ class NodeProgress:
 
 
 @dataclass(frozen=True)
+class OutputsReady:
+    outputs: tuple[OutputFile, ...]
+
+
+@dataclass(frozen=True)
 class PromptSucceeded:
     outputs: tuple[OutputFile, ...]
 
@@ -82,7 +88,8 @@ class PromptInterrupted:
     node_type: str = ""
 
 
-Step = PromptStarted | NodesCached | NodeStarted | NodeProgress | PromptSucceeded | PromptFailed | PromptInterrupted
+Step = (PromptStarted | NodesCached | NodeStarted | NodeProgress | OutputsReady | PromptSucceeded | PromptFailed
+        | PromptInterrupted)
 TERMINAL = (PromptSucceeded, PromptFailed, PromptInterrupted)
 
 
@@ -174,7 +181,8 @@ class PromptTracker:
                 steps.append(NodeStarted(node_id, self.node_types.get(node_id, "")))
         elif kind == "executed":
             node_id = str(data.get("node") or "")
-            self._remember(outputs_of_node(node_id, data.get("output")))
+            if new := self._remember(outputs_of_node(node_id, data.get("output"))):
+                steps.append(OutputsReady(new))
         elif kind == "execution_success":
             steps.append(self._finish(PromptSucceeded(self.outputs)))
         elif kind == "execution_error":
@@ -239,9 +247,15 @@ class PromptTracker:
         self.finished = True
         return step
 
-    def _remember(self, files: Iterable[OutputFile]) -> None:
+    def _remember(self, files: Iterable[OutputFile]) -> tuple[OutputFile, ...]:
+        """Remembers `files`; returns those not remembered before."""
+        new: list[OutputFile] = []
         for f in files:
-            self._outputs.setdefault((f.node_id, f.filename, f.subfolder, f.type), f)
+            key = (f.node_id, f.filename, f.subfolder, f.type)
+            if key not in self._outputs:
+                self._outputs[key] = f
+                new.append(f)
+        return tuple(new)
 
     def _release_all(self) -> list[Step]:
         steps: list[Step] = []

@@ -14,8 +14,10 @@
                after POST /prompt answered, so none runs for a prompt that an idle ComfyUI
                starts at once)
     running    websocket messages -> events (comfyui_messages.PromptTracker)
-    storing    each output: GET /view -> storage (a PutObjectsBytes item, or a PutObject stream over 1 MiB)
-               -> output_stored; then completed
+    running    ... and each output, once its node's `executed` names it: GET /view -> storage (a
+               PutObjectsBytes item, or a PutObject stream over 1 MiB) -> output_stored, a few at
+               a time, while the prompt goes on (output_store.OutputCopies)
+    storing    the copies not done yet are waited for; then completed
 
 Handed back (run it elsewhere) when ComfyUI never took the prompt: its websocket is not open
 within `comfyui_unready_after_s`, an upload finds it unreachable, POST /prompt cannot connect,
@@ -52,6 +54,7 @@ from services.runner.comfyui_messages import (
     NodeProgress,
     NodesCached,
     NodeStarted,
+    OutputsReady,
     PromptFailed,
     PromptInterrupted,
     PromptStarted,
@@ -68,7 +71,7 @@ from services.runner.errors import (
 )
 from services.runner.input_upload import upload_inputs
 from services.runner.outbox import WorkflowKey
-from services.runner.output_store import store_outputs
+from services.runner.output_store import SETTLE_S, OutputCopies
 from services.runner.prompt_graph import (
     from_ui_format,
     node_errors,
@@ -148,6 +151,7 @@ class Execution:
         self._position_wanted = False  # the queue changed (or the prompt was accepted): read it
         self._position_due = 0.0  # (clock) not read before then: the accepted prompt's grace
         self._queue_reads = QueueReads(comfyui, self.prompt_id, self._inbox)
+        self._copies = OutputCopies(assignment.output_prefix, comfyui, storage, self._emit)
 
     # -- control -------------------------------------------------------------------------------
 
@@ -186,6 +190,7 @@ class Execution:
             self._emit_to(self.key, event)
 
     def _finish(self, event: events.RunnerEvent) -> _Finished:
+        self._copies.close()  # nothing of the run is emitted after its terminal event
         self._emit_queued()
         self._emit(event)
         self.state = State.DONE
@@ -208,6 +213,7 @@ class Execution:
             self._finish(events.failed("RunnerError", f"{type(err).__name__}: {err}"))
         finally:
             self.state = State.DONE
+            self._copies.close()
             self._feed.unsubscribe(self.prompt_id)
             self._queue_reads.cancel()
 
@@ -374,14 +380,17 @@ class Execution:
             elif isinstance(step, NodeProgress):
                 self._emit(events.progress(step))
             elif isinstance(step, PromptFailed):
+                await self._copies.settle(SETTLE_S)
                 raise self._finish(events.failed_in_node(step))
             elif isinstance(step, PromptInterrupted):
+                await self._copies.settle(SETTLE_S)
                 raise self._finish(events.cancelled())
+            elif isinstance(step, OutputsReady):
+                self._copies.add(step.outputs)
             elif isinstance(step, PromptSucceeded):
                 self.state = State.STORING
-                failure = await store_outputs(
-                    step.outputs, self.assignment.output_prefix, self._comfyui, self._storage, self._emit
-                )
+                self._copies.add(step.outputs)  # (those the websocket did not name: read from the history)
+                failure = await self._copies.finish()
                 raise self._finish(failure or events.completed())
 
     async def _reconcile(self) -> list[Step]:

@@ -131,10 +131,13 @@ class StorageClient:
                 return await self._items.put(request)
             except ItemRefused as refused:
                 raise _storage_error("PutObjectsBytes", key, refused.cause) from refused
-            except StreamBroken as broken:
-                if self._items.available:
-                    raise _storage_error("PutObjectsBytes", key, broken.error) from broken
-                # an older storage service: one call per object from now on
+            except StreamBroken:
+                # Put again at once, as one call. Storage gone: the call fails as unavailable
+                # (and the caller waits for it). An older storage service: PutObjectsBytes is
+                # unknown to it, and from now on (`available` False) each object is one call;
+                # grpc.aio may end such a stream INTERNAL rather than UNIMPLEMENTED while a put
+                # is on its way, and the call then stores the object all the same.
+                pass
         if self._takes_put_bytes:
             try:
                 response = await self._stub.PutObjectBytes(request)

@@ -11,6 +11,7 @@ from services.runner.comfyui_messages import (
     NodesCached,
     NodeStarted,
     OutputFile,
+    OutputsReady,
     PromptFailed,
     PromptInterrupted,
     PromptStarted,
@@ -60,6 +61,7 @@ def test_success_reports_nodes_in_order_then_the_saved_image() -> None:
         NodeStarted("1", "EmptyImage"),
         NodeStarted("2", "ImageInvert"),
         NodeStarted("3", "SaveImage"),
+        OutputsReady((OutputFile("3", "wf01_invert_00001_.png", "", "output"),)),  # (copied from here on)
         PromptSucceeded((OutputFile("3", "wf01_invert_00001_.png", "", "output"),)),
     ]
 
@@ -68,6 +70,7 @@ def test_fully_cached_rerun_has_no_executing_but_keeps_the_cached_output() -> No
     assert replay(*CACHED) == [
         PromptStarted(),
         NodesCached(("1", "2", "3")),
+        OutputsReady((OutputFile("3", "wf01_invert_00001_.png", "", "output"),)),
         PromptSucceeded((OutputFile("3", "wf01_invert_00001_.png", "", "output"),)),
     ]
 
@@ -77,6 +80,7 @@ def test_partly_cached_rerun_reports_only_the_node_that_ran() -> None:
         PromptStarted(),
         NodesCached(("1", "2")),
         NodeStarted("3", "SaveImage"),
+        OutputsReady((OutputFile("3", "wf02_changed_prefix_00001_.png", "", "output"),)),
         PromptSucceeded((OutputFile("3", "wf02_changed_prefix_00001_.png", "", "output"),)),
     ]
 
@@ -104,6 +108,8 @@ def test_execution_error_after_an_independent_branch_finished() -> None:
         NodeStarted("1", "EmptyImage"),
         NodeStarted("2", "ImageInvert"),
         NodeStarted("5", "PreviewImage"),
+        # The preview a branch wrote before another failed: named, so copied (and kept).
+        OutputsReady((OutputFile("5", "ComfyUI_temp_bejgs_00001_.png", "", "temp"),)),
         NodeStarted("3", "ImageBlend"),
     ]
     failed = steps[-1]

@@ -191,6 +191,42 @@ async def test_a_storage_service_without_put_objects_bytes_gets_calls(tmp_path: 
         assert counted() == {"PutObjectBytes": 3, "PutObject": 0, "PutObjectsBytes.item": 0}
 
 
+class StreamEndsInternal(grpc.aio.ServerInterceptor):
+    """PutObjectsBytes ends INTERNAL before answering anything: what grpc.aio sometimes makes of
+    an older storage service's UNIMPLEMENTED while puts are on their way."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        if getattr(handler_call_details, "method", "").endswith("/PutObjectsBytes"):
+            self.asked += 1
+
+            async def refuse(_requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+                await context.abort(grpc.StatusCode.INTERNAL, "Internal error from Core")
+
+            return grpc.stream_stream_rpc_method_handler(refuse)
+        return await continuation(handler_call_details)
+
+
+async def test_puts_whose_stream_breaks_are_put_again_at_once_as_calls(tmp_path: Path) -> None:
+    refusing = StreamEndsInternal()
+    async with storage_service(tmp_path / "objects", refusing) as client:
+        counted = Counted()
+        datas = [os.urandom(300 + n) for n in range(4)]
+        keys = [f"outputs/wf1/9/{n}.png" for n in range(4)]
+        puts = (client.put(k, "image/png", source([d])) for k, d in zip(keys, datas, strict=True))
+        refs = await asyncio.gather(*puts)
+        assert [r.sha256 for r in refs] == [hashlib.sha256(d).hexdigest() for d in datas]
+        assert refusing.asked >= 1 and counted()["PutObjectBytes"] == 4
+        for key, data in zip(keys, datas, strict=True):
+            assert await stored(client, key) == data
+
+
 async def test_concurrent_small_puts_share_one_stream_and_a_refused_item_fails_alone(storage: StorageClient) -> None:
     datas = [os.urandom(1000 + n) for n in range(12)]
     keys = [f"outputs/wf1/9/{n}.png" for n in range(12)]
