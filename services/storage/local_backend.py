@@ -11,8 +11,9 @@ before it takes the lock. Either way the commit is the same. With xattrs: the me
 the temp file before its fsync, the temp moved into place with os.replace, a stale sidecar of
 an older object at the key unlinked, the directory fsynced. Without: the bytes' temp fsynced,
 a sidecar temp written and fsynced, bytes moved into place, sidecar moved into place,
-directory fsynced. Commits and deletes of one key are serialised by an in-process lock, so
-concurrent puts leave one whole object.
+directory fsynced. Either way, then, each directory made for the key is named durably in its
+parent (local_files.DurableDirs). Commits and deletes of one key are serialised by an
+in-process lock, so concurrent puts leave one whole object.
 A reader opens the bytes first and reads the xattr from that open file; when there is none it
 trusts the sidecar only when it names that file's inode. Either must give the file's size (a
 torn write); otherwise the reader re-reads under the key's lock and rebuilds the metadata from
@@ -59,6 +60,7 @@ from services.storage.errors import (
     StorageFull,
 )
 from services.storage.local_files import (
+    DurableDirs,
     FileChunks,
     KeyLocks,
     Spill,
@@ -127,6 +129,7 @@ class LocalBackend:
         self._data = root / "data"
         self._tmp = root / "tmp"
         self._locks = KeyLocks()
+        self._dirs = DurableDirs(self._data)
         self._detect_xattrs = use_xattrs is None
         self._xattrs = bool(use_xattrs)
 
@@ -361,6 +364,7 @@ class LocalBackend:
                 meta_temp.unlink(missing_ok=True)
                 raise
         fsync_dir(path.parent)
+        self._dirs.sync(path.parent)  # the directories made for it are named durably too
 
     def _place(self, key: str, temp: Path, path: Path) -> None:
         """Moves the bytes into place; retries when a concurrent delete prunes the directory."""
@@ -443,13 +447,13 @@ class LocalBackend:
             base = self._path(prefix[:-1])
             for walked, _dirs, _files in os.walk(base, topdown=False):
                 with contextlib.suppress(OSError):
-                    os.rmdir(walked)
+                    self._dirs.rmdir(Path(walked))
             starts.add(base.parent)
         for start in starts:
             directory = start
             while directory != self._data and self._data in directory.parents:
                 try:
-                    os.rmdir(directory)
+                    self._dirs.rmdir(directory)
                 except OSError:
                     break
                 directory = directory.parent

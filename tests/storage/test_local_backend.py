@@ -305,3 +305,42 @@ async def test_concurrent_puts_and_deletes_keep_objects_whole(local_backend: Loc
     await put_bytes(local_backend, "inputs/wf1/p/a.bin", payloads[0])
     assert (await read(local_backend, "inputs/wf1/p/a.bin"))[1] == [payloads[0]]
     assert [f for f in files_under(root) if f.startswith("tmp/")] == []
+
+
+@pytest.fixture
+def synced_dirs(monkeypatch: pytest.MonkeyPatch, root: Path) -> list[str]:
+    """The directories fsynced from now on (after a rename in them, or a directory made in them),
+    relative to data/."""
+    from services.storage import local_files
+
+    synced: list[str] = []
+    real = local_files.fsync_dir
+
+    def recording(directory: Path) -> None:
+        synced.append(Path(directory).relative_to(root / "data").as_posix())
+        real(directory)
+
+    monkeypatch.setattr(local_files, "fsync_dir", recording)
+    monkeypatch.setattr(local_backend_module, "fsync_dir", recording)
+    return synced
+
+
+async def test_the_directories_made_for_a_key_are_named_durably_once(
+    local_backend: LocalBackend, synced_dirs: list[str]
+) -> None:
+    await put_bytes(local_backend, "outputs/wf1/9/a.png", b"a")
+    # The file's directory, then each directory made for it in its parent, up to data/.
+    assert synced_dirs == ["outputs/wf1/9", "outputs/wf1", "outputs", "."]
+    synced_dirs.clear()
+    await put_bytes(local_backend, "outputs/wf1/9/b.png", b"b")
+    assert synced_dirs == ["outputs/wf1/9"]  # nothing new above it
+    synced_dirs.clear()
+    await put_bytes(local_backend, "outputs/wf2/9/c.png", b"c")
+    assert synced_dirs == ["outputs/wf2/9", "outputs/wf2", "outputs"]  # outputs/ names wf2 now
+    # Deleted and made again: synced again.
+    assert await local_backend.delete(prefix="outputs/wf1/") == 2
+    synced_dirs.clear()
+    await put_bytes(local_backend, "outputs/wf1/9/a.png", b"again")
+    assert synced_dirs == ["outputs/wf1/9", "outputs/wf1", "outputs"]
+    _ref, chunks = await read(local_backend, "outputs/wf1/9/a.png")
+    assert b"".join(chunks) == b"again"
