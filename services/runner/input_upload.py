@@ -1,4 +1,5 @@
-"""Copies an assignment's input files from storage (GetObject) to ComfyUI (POST /upload/image).
+"""Copies an assignment's input files from storage (GetObject) to ComfyUI (POST /upload/image),
+a few side by side.
 
 Each file goes to the subfolder named after the workflow, under the filename the client
 sent (or the last segment of its key); `$file(param)` values become `"<subfolder>/<name>"`
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 RETRY_DELAY_S = 0.5
 MAX_RETRY_DELAY_S = 2.0
+AT_ONCE = 4  # files of one assignment uploaded at a time
 
 
 async def _upload(
@@ -53,18 +55,44 @@ async def _upload(
 async def upload_inputs(
     assignment: session_pb2.Assignment, comfyui: ComfyUI, storage: ObjectStore
 ) -> dict[str, str] | events.RunnerEvent:
-    """param -> the name ComfyUI knows the uploaded file by; or the event to end with."""
-    names: dict[str, str] = {}
-    for item in assignment.inputs:
+    """param -> the name ComfyUI knows the uploaded file by; or the event to end with. Up to
+    AT_ONCE files go at a time; once one fails the others are stopped, and the first failure
+    in the assignment's order is the event. (ComfyUI picks a file's name, and renames one
+    whose name is taken by other bytes, in one step of its event loop: files of the same name
+    may go side by side.)"""
+    slots = asyncio.Semaphore(AT_ONCE)
+
+    async def one(item: session_pb2.InputFile) -> str | events.RunnerEvent:
         filename = item.filename or item.object.key.rsplit("/", 1)[-1]
-        try:
-            uploaded = await _upload(item, filename, assignment.workflow_id, comfyui, storage)
-        except StorageError as err:
-            return events.failed("InputUnavailable", f"input {item.param!r}: {err.message}")
-        except ComfyUIUnreachable as err:
-            return events.handed_back(f"ComfyUI unreachable: {err.message}")
-        except ComfyUIServerError as err:
-            message = f"upload of input {item.param!r} ({filename}) refused: HTTP {err.status} {err.text}".strip()
-            return events.failed("ComfyUIUploadFailed", message)
-        names[item.param] = uploaded.reference
+        async with slots:
+            try:
+                uploaded = await _upload(item, filename, assignment.workflow_id, comfyui, storage)
+            except StorageError as err:
+                return events.failed("InputUnavailable", f"input {item.param!r}: {err.message}")
+            except ComfyUIUnreachable as err:
+                return events.handed_back(f"ComfyUI unreachable: {err.message}")
+            except ComfyUIServerError as err:
+                message = f"upload of input {item.param!r} ({filename}) refused: HTTP {err.status} {err.text}".strip()
+                return events.failed("ComfyUIUploadFailed", message)
+        return uploaded.reference
+
+    uploads = [asyncio.create_task(one(item), name=f"upload {item.param}") for item in assignment.inputs]
+    try:
+        pending = set(uploads)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if any(not isinstance(task.result(), str) for task in done):
+                break
+    finally:
+        for task in uploads:
+            task.cancel()
+        await asyncio.gather(*uploads, return_exceptions=True)
+    names: dict[str, str] = {}
+    for item, task in zip(assignment.inputs, uploads, strict=True):
+        result = None if task.cancelled() else task.result()
+        if result is None:
+            continue  # stopped: another failed
+        if not isinstance(result, str):
+            return result
+        names[item.param] = result
     return names
