@@ -58,6 +58,10 @@ class Without(grpc.aio.ServerInterceptor):
         self.missing = missing
         self.asked = 0
 
+    def replacement(self) -> grpc.RpcMethodHandler | None:
+        """What serves a missing method: nothing (UNIMPLEMENTED)."""
+        return None
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -65,7 +69,7 @@ class Without(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler | None:
         if getattr(handler_call_details, "method", "").rpartition("/")[2] in self.missing:
             self.asked += 1
-            return None
+            return self.replacement()
         return await continuation(handler_call_details)
 
 
@@ -191,26 +195,18 @@ async def test_a_storage_service_without_put_objects_bytes_gets_calls(tmp_path: 
         assert counted() == {"PutObjectBytes": 3, "PutObject": 0, "PutObjectsBytes.item": 0}
 
 
-class StreamEndsInternal(grpc.aio.ServerInterceptor):
+class StreamEndsInternal(Without):
     """PutObjectsBytes ends INTERNAL before answering anything: what grpc.aio sometimes makes of
     an older storage service's UNIMPLEMENTED while puts are on their way."""
 
     def __init__(self) -> None:
-        self.asked = 0
+        super().__init__("PutObjectsBytes")
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        if getattr(handler_call_details, "method", "").endswith("/PutObjectsBytes"):
-            self.asked += 1
+    def replacement(self) -> grpc.RpcMethodHandler:
+        async def refuse(_requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            await context.abort(grpc.StatusCode.INTERNAL, "Internal error from Core")
 
-            async def refuse(_requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-                await context.abort(grpc.StatusCode.INTERNAL, "Internal error from Core")
-
-            return grpc.stream_stream_rpc_method_handler(refuse)
-        return await continuation(handler_call_details)
+        return grpc.stream_stream_rpc_method_handler(refuse)
 
 
 async def test_puts_whose_stream_breaks_are_put_again_at_once_as_calls(tmp_path: Path) -> None:
