@@ -41,7 +41,7 @@ $(BUF): package.json package-lock.json
 
 lint: proto $(BUF)
 	$(BUF) lint
-	$(VENV)/bin/ruff check services tests deploy sdk
+	$(VENV)/bin/ruff check services tests deploy sdk bench
 	$(VENV)/bin/mypy
 	$(PY) -m deploy.k8s.check_chart
 

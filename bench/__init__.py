@@ -26,4 +26,4 @@ runs this tree and commit REV side by side, run by run (bench/compare.py).
 
 # Before any benchmark imports grpc: the load generators, the floors and the suite then use
 # one gRPC transport, the one services/__init__.py chooses.
-import services  # noqa: E402, F401
+import services  # noqa: F401

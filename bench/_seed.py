@@ -78,7 +78,7 @@ def seed(db_path: Path, user_id: str, count: int, *, status: str = "completed",
         db.execute("BEGIN")
         for batch in _batches(count):
             rows = []
-            events = []
+            events: list[tuple[Any, ...]] = []
             for i in batch:
                 workflow_id = str(uuid.uuid4())
                 created = _stamp(start + step * i)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import resource
 import sys
@@ -89,7 +90,7 @@ async def run(port: int, count: int, first: int, workflows: list[str], batch: in
             request = (f"GET /v1/workflow/{workflows[n % len(workflows)]}/subscribe HTTP/1.1\r\nHost: bench\r\n"
                        "Authorization: Bearer bench\r\n\r\n").encode()
             future: asyncio.Future[None] = loop.create_future()
-            transport, _ = await loop.create_connection(lambda r=request, f=future: Subscriber(r, recorder, f),
+            transport, _ = await loop.create_connection(functools.partial(Subscriber, request, recorder, future),
                                                         "127.0.0.1", port)
             transports.append(transport)
             opened.append(future)
