@@ -118,9 +118,10 @@ class OutputCopies:
         (or the first that failed: what follows it is not reported)."""
         while not self._closed and self._failure is None and self._emitted < len(self._copies):
             task = self._copies[self._emitted]
-            if not task.done() or task.cancelled():
+            if not task.done():
                 return
-            event = task.result()
+            # (Cancelled other than by `close`, e.g. at the loop's shutdown: it ended unstored.)
+            event = events.failed("RunnerError", "an output copy was stopped") if task.cancelled() else task.result()
             if event.WhichOneof("kind") != "output_stored":
                 self._failure = event
                 return

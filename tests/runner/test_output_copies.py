@@ -139,6 +139,16 @@ async def test_close_means_nothing_is_emitted_even_by_a_copy_that_already_ended(
     assert emitted == []
 
 
+async def test_a_copy_stopped_from_outside_ends_the_wait_as_a_failure() -> None:
+    views, emitted = GatedViews(), []
+    copies = OutputCopies("outputs/wf/", views, DictStore(), emitted.append)  # type: ignore[arg-type]
+    copies.add(files(2))
+    await settled()
+    copies._copies[0].cancel()  # as the loop's shutdown would
+    failure = await asyncio.wait_for(copies.finish(), 5)
+    assert failure is not None and failure.failed.failure.exception_type == "RunnerError" and emitted == []
+
+
 TWO_SAVES = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 2, "color": 255}},
     "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "early"}},
