@@ -3,7 +3,9 @@
 When profiling is on (`python -m bench.run --profile`, or BENCH_PROFILE=1), records each pid
 with py-spy while the block runs and writes under bench/profiles/: `<tag>-<proc>.txt`
 (collapsed stacks: open in speedscope or flamegraph.pl) and `<tag>-<proc>.top.txt` (the
-frames with the largest share of samples, inclusive and self). Off, it does nothing.
+frames with the largest share of samples, inclusive and self, and the busy samples by whose
+code is on top: ours, grpc's, aiohttp's, SQLAlchemy's, the standard library's, or native code
+under the event loop). Off, it does nothing.
 
 Where Linux `perf` is installed, each pid is also sampled by it (on CPU only, every thread,
 native code and the kernel included): `<tag>-<proc>.native.txt` gives the CPU's shares by
@@ -102,6 +104,7 @@ def top_frames(collapsed: Path, limit: int = 40) -> str:
     inclusive: Counter[str] = Counter()
     busy: Counter[str] = Counter()
     own: Counter[str] = Counter()
+    owners: Counter[str] = Counter()
     total = active = 0
     for line in collapsed.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -117,6 +120,8 @@ def top_frames(collapsed: Path, limit: int = 40) -> str:
             if not waiting:
                 busy[frame] += count
         own[frames[-1]] += count
+        if not waiting:
+            owners[owner_of(stack.rsplit(";", 1)[-1])] += count
     if not total:
         return "no samples\n"
     lines = [f"{total} samples", "", "inclusive share (a frame and everything it calls):"]
@@ -128,7 +133,35 @@ def top_frames(collapsed: Path, limit: int = 40) -> str:
     if active:
         lines += ["", f"inclusive share of the {active} samples not in a wait ({', '.join(sorted(WAITS))}):"]
         lines += [f"{100 * n / active:6.1f}%  {frame}" for frame, n in busy.most_common(limit)]
+        lines += ["", f"self share by whose code it is, of the {active} samples not in a wait:"]
+        lines += [f"{100 * n / active:6.1f}%  {owner}" for owner, n in owners.most_common()]
     return "\n".join(lines) + "\n"
+
+
+# The loop's own frame: on top, the thread runs C under it (uvloop's callbacks and system calls,
+# grpc's Cython layer completing calls) with no Python frame of its own.
+LOOP_FRAME = "Runner.run (asyncio/runners.py)"
+OWNERS = (  # (path prefix of a py-spy frame, whose code), first match wins
+    ("services/", "ours (services/)"),
+    ("tests/", "the ComfyUI double (tests/)"),
+    ("bench/", "the benchmark (bench/)"),
+    ("grpc/", "grpc (its Python and Cython layers)"),
+    ("google/", "protobuf"),
+    ("aiohttp/", "aiohttp"), ("multidict/", "aiohttp"), ("yarl/", "aiohttp"),
+    ("sqlalchemy/", "SQLAlchemy"), ("sqlmodel/", "SQLAlchemy"), ("aiosqlite/", "SQLAlchemy"),
+    ("starlette/", "the web stack"), ("uvicorn/", "the web stack"), ("h11/", "the web stack"),
+    ("httptools/", "the web stack"), ("anyio/", "the web stack"),
+    ("prometheus_client/", "prometheus_client"),
+)
+
+
+def owner_of(frame: str) -> str:
+    """Whose code a py-spy frame (`func (path/file.py:123)`) is: ours, a library's, or the
+    interpreter's standard library; the loop's own frame on top stands for native code."""
+    if _short(frame) == LOOP_FRAME:
+        return "native under the event loop (uvloop, grpc's Cython and C core, system calls)"
+    path = frame.partition(" (")[2]
+    return next((owner for prefix, owner in OWNERS if path.startswith(prefix)), "the standard library (asyncio, ...)")
 
 
 # Frames that, on top of a stack, mean the thread waits (or runs C code that py-spy cannot see into).
