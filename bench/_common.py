@@ -222,6 +222,8 @@ class Fleet:
                  "--scheduler", f"127.0.0.1:{self.suite.scheduler_port}",
                  "--storage", f"127.0.0.1:{self.suite.storage_port}",
                  "--comfyui-url", f"http://127.0.0.1:{self.double_ports[i]}",
+                 # beside its ComfyUI, as in the chart: outputs read from its folders, not /view
+                 "--comfyui-dir", str(self.root / "comfyui" / f"comfyui-{i}"),
                  "--token-file", str(self.suite.var_dir / "runner-token"),
                  "--slots", str(self.runner_slots), "--name", f"bench-runner-{i}", "--log-level", "WARNING"],
                 cwd=ROOT, env=env, stdout=log_file, stderr=log_file, start_new_session=True))

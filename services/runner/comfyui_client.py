@@ -10,7 +10,8 @@ Only what the runner needs, shaped by the recordings in `shared/comfyui-transcri
     GET  /history/{id}        -> the entry, or None while unfinished/unknown ({})
     POST /queue {"delete"}    -> (empty 200)
     POST /interrupt {"prompt_id"} -> (empty 200)
-    GET  /view                -> streamed bytes and their content type
+    GET  /view                -> streamed bytes and their content type (read from ComfyUI's
+                                 output/ and temp/ folders instead, when given: comfyui_files.py)
     GET  /ws?clientId=        -> parsed text messages; binary frames and text messages of
                                  types the caller does not read are read and dropped
 
@@ -25,13 +26,14 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
 
 from services.common.comfy_schemas import NodeSchema, parse_object_info
+from services.runner.comfyui_files import ComfyUIFolders, open_first, read_chunks, served_type
 from services.runner.comfyui_messages import OutputFile
 from services.runner.errors import ComfyUIRejected, ComfyUIServerError, ComfyUIUnreachable
 from services.runner.prompt_graph import QueueSnapshot, parse_queue
@@ -101,9 +103,12 @@ class ComfyUIClient:
     """`ComfyUI` over one aiohttp session; `close()` it when done."""
 
     def __init__(
-        self, base_url: str, *, request_timeout_s: float = 30.0, headers: Mapping[str, str] | None = None
+        self, base_url: str, *, request_timeout_s: float = 30.0, headers: Mapping[str, str] | None = None,
+        folders: ComfyUIFolders | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._folders = folders  # outputs read from ComfyUI's folders, not /view (comfyui_files.py)
+        self._folders_failed = False
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=request_timeout_s)
         self._session = aiohttp.ClientSession(timeout=self._timeout, headers=dict(headers or {}))
 
@@ -213,6 +218,14 @@ class ComfyUIClient:
 
     @contextlib.asynccontextmanager
     async def view(self, output: OutputFile) -> AsyncIterator[Download]:
+        local = await self._open_local(output)
+        if local is not None:
+            content_type, chunks = local
+            try:
+                yield Download(content_type=content_type, chunks=chunks)
+            finally:
+                await chunks.aclose()
+            return
         params = {"filename": output.filename, "subfolder": output.subfolder, "type": output.type}
         try:
             async with self._session.get(self._url("/view"), params=params) as resp:
@@ -226,6 +239,21 @@ class ComfyUIClient:
                 )
         except _UNREACHABLE as err:
             raise ComfyUIUnreachable(f"GET /view {output.filename}: {err or type(err).__name__}") from err
+
+    async def _open_local(self, output: OutputFile) -> tuple[str, AsyncGenerator[bytes, None]] | None:
+        """The file from ComfyUI's folder when the runner reads them; None: ask /view."""
+        path = self._folders.path(output) if self._folders is not None else None
+        if path is None:
+            return None
+        try:
+            file, first = await asyncio.to_thread(open_first, path, CHUNK_BYTES)
+        except OSError as err:
+            if not self._folders_failed:
+                self._folders_failed = True
+                log.warning("cannot read %s from ComfyUI's folder (%s); asking GET /view for what is not "
+                            "there (is --comfyui-dir the folder ComfyUI runs in?)", output.filename, err)
+            return None
+        return served_type(output.filename) or "application/octet-stream", read_chunks(file, first, CHUNK_BYTES)
 
     @contextlib.asynccontextmanager
     async def websocket(

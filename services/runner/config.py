@@ -6,6 +6,9 @@ Every flag has an environment variable; a flag given on the command line wins ov
                                               (or ip:port,ip:port: active + standby)
     --storage         RUNNER_STORAGE          host:port of the storage service 127.0.0.1:50052
     --comfyui-url     COMFYUI_URL             base URL of ComfyUI              http://127.0.0.1:8188
+    --comfyui-dir     RUNNER_COMFYUI_DIR      the folder ComfyUI runs in, when (none)
+                                              the runner shares its disk: outputs are read
+                                              from its output/ and temp/, not by GET /view
     --tags            RUNNER_TAGS             comma-separated tags             (none)
     --slots           RUNNER_SLOTS            assignments run at once          1
     --name            RUNNER_NAME             name shown to users              the host name
@@ -62,6 +65,7 @@ class RunnerSettings:
     scheduler: str = "127.0.0.1:50051"
     storage: str = "127.0.0.1:50052"
     comfyui_url: str = "http://127.0.0.1:8188"
+    comfyui_dir: str = ""  # ComfyUI's folder, read directly (comfyui_files.py); "" = GET /view
     tags: tuple[str, ...] = ()
     slots: int = 1
     name: str = ""
@@ -111,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", help="scheduler host:port (RUNNER_SCHEDULER)")
     p.add_argument("--storage", help="storage service host:port (RUNNER_STORAGE)")
     p.add_argument("--comfyui-url", help="ComfyUI base URL (COMFYUI_URL)")
+    p.add_argument("--comfyui-dir", help="the folder ComfyUI runs in, to read outputs from (RUNNER_COMFYUI_DIR)")
     p.add_argument("--tags", help="comma-separated tags (RUNNER_TAGS)")
     p.add_argument("--slots", help="assignments run at once (RUNNER_SLOTS)")
     p.add_argument("--name", help="runner name (RUNNER_NAME)")
@@ -184,6 +189,13 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> RunnerSett
     if not comfyui_url.startswith(("http://", "https://")):
         raise ConfigError(f"ComfyUI URL must start with http:// or https://, got {comfyui_url!r}")
 
+    pool = bool(args.pool) or environ.get("RUNNER_POOL", "").lower() in ("1", "true", "yes")
+    comfyui_dir = pick(args.comfyui_dir, "RUNNER_COMFYUI_DIR") or ""
+    if comfyui_dir and pool:
+        raise ConfigError("--comfyui-dir names one ComfyUI's folder; a pool drives many (leave it out with --pool)")
+    if comfyui_dir and not Path(comfyui_dir).is_dir():
+        raise ConfigError(f"--comfyui-dir {comfyui_dir!r} is not a directory (the folder ComfyUI runs in)")
+
     down = pick(args.comfyui_down_timeout, "RUNNER_COMFYUI_DOWN_TIMEOUT")
     drain = pick(args.drain_timeout, "RUNNER_DRAIN_TIMEOUT")
     unready = pick(args.comfyui_unready_after, "RUNNER_COMFYUI_UNREADY_AFTER")
@@ -191,6 +203,7 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> RunnerSett
         scheduler=pick(args.scheduler, "RUNNER_SCHEDULER") or defaults.scheduler,
         storage=pick(args.storage, "RUNNER_STORAGE") or defaults.storage,
         comfyui_url=comfyui_url,
+        comfyui_dir=comfyui_dir,
         tags=tags,
         slots=slots,
         name=pick(args.name, "RUNNER_NAME") or socket.gethostname(),
@@ -199,7 +212,7 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> RunnerSett
         drain_timeout_s=_positive_float("drain timeout", drain) if drain else 30.0,
         comfyui_unready_after_s=_positive_float("comfyui unready after", unready) if unready else 5.0,
         log_level=(pick(args.log_level, "RUNNER_LOG_LEVEL") or "INFO").upper(),
-        pool=bool(args.pool) or environ.get("RUNNER_POOL", "").lower() in ("1", "true", "yes"),
+        pool=pool,
         metrics_port=_port("metrics port", pick(args.metrics_port, "RUNNER_METRICS_PORT") or "9463"),
         metrics_host=pick(args.metrics_host, "RUNNER_METRICS_HOST") or defaults.metrics_host,
         log_format=_log_format(pick(args.log_format, "COMFYFLEET_LOG_FORMAT") or "text"),

@@ -31,6 +31,7 @@ from services.common.metrics import MetricsListener
 from services.runner.agent import RunnerAgent
 from services.runner.comfyui_client import ComfyUIClient
 from services.runner.comfyui_feed import ComfyUIFeed
+from services.runner.comfyui_files import ComfyUIFolders
 from services.runner.comfyui_watch import ComfyUIWatch
 from services.runner.config import RunnerSettings, load_settings
 from services.runner.errors import ConfigError
@@ -77,7 +78,8 @@ class RunningRunner:
 async def start_runner(settings: RunnerSettings) -> RunningRunner:
     """Builds and starts every part; returns once the background tasks are running."""
     comfyui = ComfyUIClient(settings.comfyui_url, request_timeout_s=settings.comfyui_request_timeout_s,
-                            headers=dict(settings.comfyui_headers))
+                            headers=dict(settings.comfyui_headers),
+                            folders=ComfyUIFolders(settings.comfyui_dir) if settings.comfyui_dir else None)
     storage = StorageClient(settings.storage, settings.security)
     client_id = f"{CLIENT_PREFIX}{uuid.uuid4()}"
     await stop_orphans(comfyui, client_id)  # before the Hello: what we held may be placed elsewhere at once

@@ -47,8 +47,28 @@ def test_production_values_render_every_part() -> None:
     comfyui = a100["spec"]["template"]["spec"]["containers"][0]
     assert comfyui["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert a100["spec"]["template"]["spec"]["nodeSelector"] == {"cloud.example.com/gpu-type": "a100-80gb"}
-    agent_env = {e["name"]: e.get("value") for e in a100["spec"]["template"]["spec"]["containers"][1]["env"]}
+    agent = a100["spec"]["template"]["spec"]["containers"][1]
+    agent_env = {e["name"]: e.get("value") for e in agent["env"]}
     assert agent_env["RUNNER_TAGS"] == "gpu,a100,sdxl,flux" and agent_env["RUNNER_SLOTS"] == "2"
+    # The agent reads outputs from ComfyUI's output/ and temp/, the same volumes, read-only.
+    assert agent_env["RUNNER_COMFYUI_DIR"] == "/opt/ComfyUI"
+    shared = {m["mountPath"]: (m["name"], m.get("readOnly")) for m in agent["volumeMounts"] if m["name"] != "tmp"}
+    comfyui_mounts = {m["mountPath"]: m["name"] for m in comfyui["volumeMounts"]}
+    assert {p: v for p, v in shared.items() if p.startswith("/opt/")} == {
+        "/opt/ComfyUI/output": (comfyui_mounts["/opt/ComfyUI/output"], True),
+        "/opt/ComfyUI/temp": (comfyui_mounts["/opt/ComfyUI/temp"], True),
+    }
+
+
+def test_a_pool_without_comfyuis_folder_has_its_outputs_fetched_by_view() -> None:
+    values = yaml.safe_load(PRODUCTION_VALUES.read_text())
+    for pool in values["runnerPools"]:
+        pool["comfyui"]["dir"] = ""
+    docs = manifests(render_chart(CHART, values))
+    [a100] = [d for d in docs if d["metadata"]["name"] == "comfyfleet-runner-a100"]
+    agent = a100["spec"]["template"]["spec"]["containers"][1]
+    assert "RUNNER_COMFYUI_DIR" not in {e["name"] for e in agent["env"]}
+    assert not [m for m in agent["volumeMounts"] if m["mountPath"].startswith("/opt/")]
 
 
 def test_the_chart_envoy_config_is_the_template_rendered_for_the_cluster() -> None:

@@ -72,3 +72,13 @@ def test_pool_mode_from_the_flag_or_the_environment() -> None:
     assert load_settings([], ENV).pool is False
     assert load_settings(["--pool"], ENV).pool is True
     assert load_settings([], {**ENV, "RUNNER_POOL": "1"}).pool is True
+
+
+def test_comfyuis_folder_must_be_a_directory_and_one_comfyuis(tmp_path: Path) -> None:
+    assert load_settings([], ENV).comfyui_dir == ""
+    assert load_settings(["--comfyui-dir", str(tmp_path)], ENV).comfyui_dir == str(tmp_path)
+    assert load_settings([], {**ENV, "RUNNER_COMFYUI_DIR": str(tmp_path)}).comfyui_dir == str(tmp_path)
+    with pytest.raises(ConfigError, match="not a directory"):
+        load_settings(["--comfyui-dir", str(tmp_path / "missing")], ENV)
+    with pytest.raises(ConfigError, match="pool"):
+        load_settings(["--comfyui-dir", str(tmp_path), "--pool"], ENV)
