@@ -64,6 +64,7 @@ from services.storage.local_files import (
     FileChunks,
     KeyLocks,
     Spill,
+    Writers,
     create_temp,
     fsync_dir,
     run_whole,
@@ -130,6 +131,7 @@ class LocalBackend:
         self._tmp = root / "tmp"
         self._locks = KeyLocks()
         self._dirs = DurableDirs(self._data)
+        self._writers = Writers()
         self._detect_xattrs = use_xattrs is None
         self._xattrs = bool(use_xattrs)
 
@@ -140,7 +142,9 @@ class LocalBackend:
         return backend
 
     async def close(self) -> None:
-        """Nothing to release: every file is closed by the call that opened it."""
+        """Stops the writer threads once their jobs ran (every file is closed by the call that
+        opened it)."""
+        await asyncio.to_thread(self._writers.close)
 
     async def presign(self, key: str, ttl_seconds: int) -> str | None:
         """None: a directory has no URLs; the service signs gateway URLs (signing.py)."""
@@ -164,7 +168,7 @@ class LocalBackend:
         try:
             if head.complete:
                 async with self._locks.hold(key):
-                    return await run_whole(self._store_whole, key, b"".join(head.chunks), content_type)
+                    return await self._writers.run(self._store_whole, key, b"".join(head.chunks), content_type)
             return await self._put_streamed(key, content_type, max_size_bytes, head, stream)
         except OSError as err:
             if err.errno in _DISK_FULL:

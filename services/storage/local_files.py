@@ -203,3 +203,89 @@ async def run_whole(fn: Callable[..., _T], *args: Any) -> _T:
         if not task.cancelled():
             task.exception()  # retrieved on purpose: the caller is gone, its cancellation wins
         raise
+
+
+class Writers:
+    """Small puts' file work (temp file, fsync, rename, directory fsyncs) on `threads` threads
+    of their own, taken in batches.
+
+    With asyncio.to_thread each put was one hand-off to the default pool and one back to the
+    loop, and under load up to six pool threads and the loop contended for the GIL at every
+    system call (each put makes about twenty). Here a job is queued under a lock; a writer takes
+    every job queued, runs them one after the other, and hands their results back to the loop in
+    one call. With 20 puts of small new objects at a time (storage alone), storage's CPU per put
+    went from 1.7 ms to 1.1 ms and its rate from 665 to 861 puts/s; one thread cut the CPU
+    further (0.9 ms) but put every fsync in one line, and the puts' latency rose.
+
+    `run` is `run_whole`'s contract: if the caller is cancelled, it still waits for its job
+    before re-raising (a key's lock is never released while its job runs).
+    """
+
+    def __init__(self, threads: int = 2) -> None:
+        self._threads_wanted = threads
+        self._threads: list[threading.Thread] = []
+        self._jobs: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._ready = threading.Condition()
+        self._closed = False
+
+    async def run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[_T] = loop.create_future()
+        with self._ready:
+            if self._closed:
+                raise RuntimeError("the writers are closed")
+            if not self._threads:
+                self._start()
+            self._jobs.append((fn, args, done))
+            self._ready.notify()
+        try:
+            return await asyncio.shield(done)
+        except asyncio.CancelledError:
+            await asyncio.wait([done])
+            if not done.cancelled():
+                done.exception()  # retrieved on purpose: the caller is gone, its cancellation wins
+            raise
+
+    def close(self) -> None:
+        """Stops the threads once the jobs queued have run (waits for them)."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+        for thread in self._threads:
+            thread.join()
+
+    def _start(self) -> None:
+        for i in range(self._threads_wanted):
+            thread = threading.Thread(target=self._work, name=f"storage-writer-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _work(self) -> None:
+        while True:
+            with self._ready:
+                while not self._jobs and not self._closed:
+                    self._ready.wait()
+                if not self._jobs:
+                    return
+                batch, self._jobs = self._jobs, []
+            results: list[tuple[asyncio.Future[Any], BaseException | None, Any]] = []
+            for fn, args, done in batch:
+                try:
+                    results.append((done, None, fn(*args)))
+                except BaseException as err:  # handed to the caller, as to_thread would
+                    results.append((done, err, None))
+            loop = batch[0][2].get_loop()
+            try:
+                loop.call_soon_threadsafe(_settle, results)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+
+def _settle(results: list[tuple[asyncio.Future[Any], BaseException | None, Any]]) -> None:
+    for done, error, value in results:
+        if done.done():
+            continue
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(value)
