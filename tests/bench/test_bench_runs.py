@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-BENCHMARKS = {"submit", "overhead", "throughput", "scale", "placement", "sse_fanout", "upload"}
+BENCHMARKS = {"submit", "overhead", "throughput", "scale", "placement", "sse_fanout", "storage_puts", "upload"}
 
 pytestmark = pytest.mark.timeout(600)
 
