@@ -21,8 +21,9 @@ It must bind every value it needs: a column default filled in by SQLAlchemy's ex
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from sqlalchemy import bindparam
@@ -57,10 +58,20 @@ class _Compiled:
     binds: tuple[Processor | None, ...]
     columns: tuple[str, ...]  # the columns a SELECT (or a text() given its `.columns`) gives back
     results: tuple[tuple[int, str, Processor], ...]  # (position, name, processor) of those that have one
+    # The values in one C call, then the few binds with a processor (SQLite's DATETIME): a
+    # Python step per bind was most of the group commit's parameter work.
+    getter: Callable[[Mapping[str, Any]], Any] | None = field(init=False)  # None: fewer than 2 binds
+    processed: tuple[tuple[int, Processor], ...] = field(init=False)  # (position, processor)
 
-    def parameters(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
-        return tuple(params[name] if bind is None else bind(params[name])
-                     for name, bind in zip(self.names, self.binds, strict=True))
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "getter", operator.itemgetter(*self.names) if len(self.names) > 1 else None)
+        object.__setattr__(self, "processed", tuple((i, b) for i, b in enumerate(self.binds) if b is not None))
+
+    def parameters(self, params: Mapping[str, Any]) -> list[Any]:
+        values = list(self.getter(params)) if self.getter is not None else [params[name] for name in self.names]
+        for i, bind in self.processed:
+            values[i] = bind(values[i])
+        return values
 
 
 def _compile(statement: ClauseElement, dialect: Dialect) -> _Compiled:
