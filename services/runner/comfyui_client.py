@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from services.common.comfy_schemas import NodeSchema, parse_object_info
-from services.runner.comfyui_files import ComfyUIFolders, open_first, read_chunks, served_type
+from services.runner.comfyui_files import INLINE_READ_BYTES, ComfyUIFolders, open_first, read_chunks, served_type
 from services.runner.comfyui_messages import OutputFile
 from services.runner.errors import ComfyUIRejected, ComfyUIServerError, ComfyUIUnreachable
 from services.runner.prompt_graph import QueueSnapshot, parse_queue
@@ -246,7 +246,7 @@ class ComfyUIClient:
         if path is None:
             return None
         try:
-            file, first = await asyncio.to_thread(open_first, path, CHUNK_BYTES)
+            file, first = open_first(path, INLINE_READ_BYTES)  # on the loop: see comfyui_files.py
         except OSError as err:
             if not self._folders_failed:
                 self._folders_failed = True
