@@ -213,15 +213,16 @@ class Writers:
     loop, and under load up to six pool threads and the loop contended for the GIL at every
     system call (each put makes about twenty). Here a job is queued under a lock; a writer takes
     every job queued, runs them one after the other, and hands their results back to the loop in
-    one call. With 20 puts of small new objects at a time (storage alone), storage's CPU per put
-    went from 1.7 ms to 1.1 ms and its rate from 665 to 861 puts/s; one thread cut the CPU
-    further (0.9 ms) but put every fsync in one line, and the puts' latency rose.
+    one call. With 20 puts of small new objects at a time (`python -m bench.storage_puts`),
+    storage's CPU per put went from 1.6-1.7 ms to 1.1-1.3 ms and its rate from ~670 to ~900
+    puts/s. One thread cut the CPU further (0.9 ms) but put every fsync in one line, and the
+    puts' latency rose (the fleet in bench.throughput finished fewer workflows a second).
 
     `run` is `run_whole`'s contract: if the caller is cancelled, it still waits for its job
     before re-raising (a key's lock is never released while its job runs).
     """
 
-    def __init__(self, threads: int = 2) -> None:
+    def __init__(self, threads: int = 3) -> None:
         self._threads_wanted = threads
         self._threads: list[threading.Thread] = []
         self._jobs: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
