@@ -195,13 +195,17 @@ async def run_whole(fn: Callable[..., _T], *args: Any) -> _T:
 
     Used under a key's lock, so the lock is never released while the thread still works.
     """
-    task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    return await _through_cancel(asyncio.ensure_future(asyncio.to_thread(fn, *args)))
+
+
+async def _through_cancel(work: asyncio.Future[_T]) -> _T:
+    """`await work`; if the caller is cancelled meanwhile, waits for `work` before re-raising."""
     try:
-        return await asyncio.shield(task)
+        return await asyncio.shield(work)
     except asyncio.CancelledError:
-        await asyncio.wait([task])
-        if not task.cancelled():
-            task.exception()  # retrieved on purpose: the caller is gone, its cancellation wins
+        await asyncio.wait([work])
+        if not work.cancelled():
+            work.exception()  # retrieved on purpose: the caller is gone, its cancellation wins
         raise
 
 
@@ -239,13 +243,7 @@ class Writers:
                 self._start()
             self._jobs.append((fn, args, done))
             self._ready.notify()
-        try:
-            return await asyncio.shield(done)
-        except asyncio.CancelledError:
-            await asyncio.wait([done])
-            if not done.cancelled():
-                done.exception()  # retrieved on purpose: the caller is gone, its cancellation wins
-            raise
+        return await _through_cancel(done)
 
     def close(self) -> None:
         """Stops the threads once the jobs queued have run (waits for them)."""
