@@ -80,8 +80,13 @@ class SessionSettings:
     default_heartbeat_s: float = 10.0
     default_lease_s: float = 30.0
     # How long the first queued event waits for others to go with it (Outbox.wait), unless
-    # one ends a run; only with a scheduler that takes batches.
-    linger_s: float = 0.02
+    # one ends a run; only with a scheduler that takes batches. What waits is progress
+    # (queued, running, executing, progress, output_stored): a run's end goes at once. 50 ms
+    # rather than 20: in bench.throughput (10 runners, 3 drains each, alternating) the medians
+    # were 333.1 and 323.8 /s against 308.6 and 320.4, the scheduler's CPU per workflow
+    # 1.39-1.47 ms against 1.52-1.59 (fewer messages, fewer commits); 50 ms is still well
+    # under what a person watching progress notices.
+    linger_s: float = 0.05
 
 
 class Readiness(Protocol):
