@@ -77,6 +77,7 @@ ROUTES = [
     Route("/v1/webhook", webhook_routes.create_webhook, methods=["POST"]),
     Route("/v1/webhook", webhook_routes.list_webhooks, methods=["GET"]),
     Route("/v1/webhook/{id}", webhook_routes.get_webhook, methods=["GET"]),
+    Route("/v1/webhook/{id}", webhook_routes.update_webhook, methods=["PUT"]),
     Route("/v1/webhook/{id}", webhook_routes.delete_webhook, methods=["DELETE"]),
     Route("/v1/webhook/{id}/deliveries", webhook_routes.list_deliveries, methods=["GET"]),
     Route("/v1/webhook/{id}/deliveries/{delivery_id}/redeliver", webhook_routes.redeliver, methods=["POST"]),

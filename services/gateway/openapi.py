@@ -28,7 +28,7 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from services.gateway import runner_routes
+from services.gateway import runner_routes, webhook_routes
 
 Json = dict[str, Any]
 SERVICES = [
@@ -45,7 +45,7 @@ ERROR_STATUSES = {"400": "bad input", "401": "missing, invalid or expired token"
 # Fields whose JSON is a graph object, not the string the proto carries.
 GRAPH_FIELDS = {"workflow_json", "body"}
 # Request bodies that are a partial update of a resource: the fields that may be sent.
-UPDATE_FIELDS = {"UpdateRunner": runner_routes.UPDATABLE}
+UPDATE_FIELDS = {"UpdateRunner": runner_routes.UPDATABLE, "UpdateWebhook": webhook_routes.FIELDS}
 _SCALARS = {
     FieldDescriptor.TYPE_STRING: "string", FieldDescriptor.TYPE_BOOL: "boolean",
     FieldDescriptor.TYPE_DOUBLE: "number", FieldDescriptor.TYPE_FLOAT: "number",

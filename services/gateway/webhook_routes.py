@@ -1,5 +1,5 @@
 """The /v1/webhook routes (JSON): register (201 with the secret, shown once), list, read,
-delete, the delivery log and redeliver; /v1/webhook-secret (the secret of workflows' own
+update, delete, the delivery log and redeliver; /v1/webhook-secret (the secret of workflows' own
 webhook_url deliveries) and /v1/workflow/{id}/webhook-deliveries. The scheduler checks
 targets, filters and ownership (another user's ids are 404)."""
 
@@ -10,6 +10,7 @@ from typing import Any
 from comfyfleet.scheduler.v1 import webhook_pb2
 from comfyfleet.scheduler.v1 import webhook_service_pb2 as pb
 from google.protobuf import timestamp_pb2
+from google.protobuf.field_mask_pb2 import FieldMask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -86,6 +87,23 @@ async def get_webhook(request: Request) -> Response:
     """GET /v1/webhook/{id}."""
     reply = await gateway(request).scheduler.webhooks(bearer(request), "GetWebhook",
                                                       pb.GetWebhookRequest(id=request.path_params["id"]))
+    return JSONResponse(endpoint_json(reply.webhook))
+
+
+async def update_webhook(request: Request) -> Response:
+    """PUT /v1/webhook/{id} {url?, events?, description?}: only the fields sent change; the
+    secret stays, and a new url takes the endpoint's pending deliveries."""
+    gw, auth = gateway(request), bearer(request)
+    await gw.scheduler.get_user(auth)
+    body = await json_body.read_object(request, FIELDS)
+    update = pb.UpdateWebhookRequest(id=request.path_params["id"], update_mask=FieldMask(paths=list(body)))
+    if "url" in body:
+        update.webhook.url = json_body.text(body, "url")
+    if "events" in body:
+        update.webhook.events.extend(json_body.text_list(body, "events"))
+    if "description" in body:
+        update.webhook.description = json_body.text(body, "description")
+    reply = await gw.scheduler.webhooks(auth, "UpdateWebhook", update)
     return JSONResponse(endpoint_json(reply.webhook))
 
 

@@ -251,6 +251,9 @@ def test_another_users_webhooks_are_404(fleet: Fleet, receiver: Receiver) -> Non
                          ("POST", f"/v1/webhook/{hook['id']}/deliveries/x/redeliver")):
         reply = fleet.client.request(method, path, headers=other)
         assert reply.status_code == 404 and reply.json()["reason"] == "WEBHOOK_NOT_FOUND", (path, reply.text)
+    moved = fleet.client.put(f"/v1/webhook/{hook['id']}", json={"url": receiver.url("/theirs")}, headers=other)
+    assert moved.status_code == 404 and moved.json()["reason"] == "WEBHOOK_NOT_FOUND", moved.text
+    assert fleet.client.get(f"/v1/webhook/{hook['id']}").json()["url"] == receiver.url("/mine")
     assert fleet.client.get("/v1/webhook", headers=other).json() == {"webhooks": [], "total": 0}
     mine = fleet.submit("tenancy")
     reply = fleet.client.get(f"/v1/workflow/{mine}/webhook-deliveries", headers=other)
@@ -265,6 +268,44 @@ def test_another_users_webhooks_are_404(fleet: Fleet, receiver: Receiver) -> Non
     assert over.status_code == 403 and over.json()["reason"] == "WEBHOOK_LIMIT_EXCEEDED"
     listed = fleet.client.get("/v1/webhook?per_page=7&page=3", headers=other).json()
     assert listed["total"] == 20 and len(listed["webhooks"]) == 6
+    assert fleet.client.delete(f"/v1/webhook/{hook['id']}").status_code == 204
+
+
+def test_an_updated_endpoint_keeps_its_secret_and_takes_its_pending_deliveries(fleet: Fleet,
+                                                                             receiver: Receiver) -> None:
+    receiver.script["/moving"] = [503]  # the old address keeps failing: the delivery stays pending
+    hook = register(fleet, receiver.url("/moving"), ["status.completed"])
+    workflow_id = fleet.submit("moving")
+    fleet.wait_status(workflow_id, {"completed"}, 60)
+    first = wait_for(lambda: receiver.at("/moving"), 20, "an attempt at the old url")[0]
+
+    reply = fleet.client.put(f"/v1/webhook/{hook['id']}", json={"url": receiver.url("/moved"), "description": "moved"})
+    assert reply.status_code == 200, reply.text
+    updated = reply.json()
+    assert updated["url"] == receiver.url("/moved") and updated["description"] == "moved"
+    assert updated["events"] == ["status.completed"] and "secret" not in updated  # untouched, never shown again
+    assert updated["created_at"] == hook["created_at"] and updated["updated_at"] >= hook["updated_at"]
+    assert fleet.client.get(f"/v1/webhook/{hook['id']}").json() == updated
+
+    got = wait_for(lambda: receiver.at("/moved"), 20, "the pending delivery at the new url")[0]
+    assert got.headers["webhook-id"] == first.headers["webhook-id"]  # the same message, moved
+    assert verify(hook["secret"], got) and json.loads(got.body)["data"]["workflow_id"] == workflow_id
+    log = wait_for(lambda: (d := deliveries(fleet, hook["id"])) and d[0]["state"] == "succeeded" and d, 10, "logged")
+    assert log[0]["url"] == receiver.url("/moved") and log[0]["attempts"][0]["status_code"] == 200
+
+    filtered = fleet.client.put(f"/v1/webhook/{hook['id']}", json={"events": ["status.failed", "output"]})
+    assert filtered.status_code == 200 and filtered.json()["events"] == ["status.failed", "output"]
+    assert filtered.json()["url"] == receiver.url("/moved") and filtered.json()["description"] == "moved"
+    for body, reason in (({"events": ["nope"]}, "INVALID_EVENT_FILTER"),
+                         ({"url": "http://10.0.0.1/hook"}, "WEBHOOK_TARGET_DENIED"),
+                         ({"description": "x" * 501}, "INVALID_FIELD"),
+                         ({"secret": "whsec_x"}, None), ({"url": 5}, None)):
+        refused = fleet.client.put(f"/v1/webhook/{hook['id']}", json=body)
+        assert refused.status_code == 400 and refused.json()["status"] == 400, (body, refused.text)
+        assert reason is None or refused.json()["reason"] == reason, (body, refused.text)
+    assert fleet.client.get(f"/v1/webhook/{hook['id']}").json()["events"] == ["status.failed", "output"]
+    missing = fleet.client.put("/v1/webhook/00000000-0000-4000-8000-000000000000", json={"description": "x"})
+    assert missing.status_code == 404 and missing.json()["reason"] == "WEBHOOK_NOT_FOUND"
     assert fleet.client.delete(f"/v1/webhook/{hook['id']}").status_code == 204
 
 

@@ -27,6 +27,7 @@ from services.scheduler.webhooks.store import Delivery, WebhookStore
 from services.scheduler.webhooks.targets import TargetPolicy
 
 MAX_DESCRIPTION = 500
+UPDATABLE = ("url", "events", "description")  # an endpoint's fields UpdateWebhook may change
 # Endpoints per user: every event is sent to each matching one, so this bounds the fan-out.
 MAX_ENDPOINTS = 20
 STATE_TO_PB = {"pending": webhook_pb2.WEBHOOK_DELIVERY_STATE_PENDING,
@@ -80,10 +81,7 @@ class Webhooks:
         box = self._sealer()
         url = req.url.strip()
         filters = events.parse_filters(list(req.events))
-        description = req.description.strip()
-        if len(description) > MAX_DESCRIPTION:
-            raise InvalidArgument(f"description must be at most {MAX_DESCRIPTION} characters",
-                                  reason="INVALID_FIELD", details=[{"field": "description"}])
+        description = _description(req.description)
         await check_target(self.policy, url)
         if (await self.store.endpoints_page(user.id, 1, 1))[1] >= MAX_ENDPOINTS:
             raise PermissionDenied(f"at most {MAX_ENDPOINTS} webhooks per user: delete one first",
@@ -105,6 +103,28 @@ class Webhooks:
         page, per_page = page_args(req.page, req.per_page)
         rows, total = await self.store.endpoints_page(user.id, page, per_page)
         return [endpoint_pb(r) for r in rows], total
+
+    async def update(self, user: UserRow, req: webhook_service_pb2.UpdateWebhookRequest
+                     ) -> webhook_pb2.WebhookEndpoint:
+        """Changes the fields in `update_mask`, each checked as `create` checks it; the secret
+        stays. A new url also takes the endpoint's pending deliveries (store.update_endpoint)."""
+        paths = list(dict.fromkeys(req.update_mask.paths))
+        if unknown := [p for p in paths if p not in UPDATABLE]:
+            raise InvalidArgument(f"cannot update {', '.join(unknown)}: only {', '.join(UPDATABLE)}",
+                                  reason="UNKNOWN_FIELD", details=[{"field": p} for p in unknown])
+        if not paths:
+            return await self.get(user, req.id)
+        new = req.webhook
+        values: dict[str, str] = {}
+        if "events" in paths:
+            values["events_json"] = json.dumps(events.parse_filters(list(new.events)))
+        if "description" in paths:
+            values["description"] = _description(new.description)
+        if "url" in paths:
+            await self.store.endpoint(req.id, user.id)  # 404 before the url is resolved
+            values["url"] = new.url.strip()
+            await check_target(self.policy, values["url"])
+        return endpoint_pb(await self.store.update_endpoint(req.id, user.id, values, utcnow()))
 
     async def delete(self, user: UserRow, endpoint_id: str) -> None:
         await self.store.delete_endpoint(endpoint_id, user.id, utcnow())
@@ -156,3 +176,11 @@ class Webhooks:
 
     async def forget_workflow_url(self, workflow_id: str) -> None:
         await self.store.drop_workflow_url(workflow_id)
+
+
+def _description(text: str) -> str:
+    description = text.strip()
+    if len(description) > MAX_DESCRIPTION:
+        raise InvalidArgument(f"description must be at most {MAX_DESCRIPTION} characters",
+                              reason="INVALID_FIELD", details=[{"field": "description"}])
+    return description

@@ -46,6 +46,11 @@ class WebhookServicer(webhook_service_pb2_grpc.WebhookServiceServicer):
         return pb.GetWebhookResponse(webhook=await self.webhooks.get(user, request.id))
 
     @maps_domain_errors
+    async def UpdateWebhook(self, request: pb.UpdateWebhookRequest, context: Context) -> pb.UpdateWebhookResponse:
+        user = await caller(self.identity, context)
+        return pb.UpdateWebhookResponse(webhook=await self.webhooks.update(user, request))
+
+    @maps_domain_errors
     async def DeleteWebhook(self, request: pb.DeleteWebhookRequest, context: Context) -> pb.DeleteWebhookResponse:
         user = await caller(self.identity, context)
         await self.webhooks.delete(user, request.id)

@@ -111,6 +111,23 @@ class WebhookStore:
         return await self._read(read)
 
     @runs_to_completion
+    async def update_endpoint(self, endpoint_id: str, user_id: str, values: dict[str, Any],
+                              now: datetime) -> WebhookEndpointRow:
+        """Sets `values` (columns) on the endpoint; with a new `url`, its pending deliveries
+        go there (sent ones keep the url they were sent to)."""
+        def work(conn: Connection) -> WebhookEndpointRow:
+            mine = and_(_ENDPOINTS.c.id == endpoint_id, _ENDPOINTS.c.user_id == user_id)
+            if not conn.execute(update(_ENDPOINTS).where(mine).values(**values, updated_at=now)).rowcount:
+                raise WebhookNotFound(endpoint_id)
+            if "url" in values:
+                conn.execute(update(_DELIVERIES).where(_DELIVERIES.c.endpoint_id == endpoint_id,
+                                                       _DELIVERIES.c.state == PENDING)
+                             .values(url=values["url"], updated_at=now))
+            return _row(WebhookEndpointRow, conn.execute(select(_ENDPOINTS).where(mine)).mappings().one())
+
+        return await self._write(work)
+
+    @runs_to_completion
     async def delete_endpoint(self, endpoint_id: str, user_id: str, now: datetime) -> None:
         """Removes the endpoint; its pending deliveries end as failed (the log stays)."""
         def work(conn: Connection) -> None:
